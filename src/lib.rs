@@ -1,4 +1,85 @@
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 //! Relais: an OpenID Connect identity federation broker.
+//!
+//! `app(state)` builds the HTTP router used by `relais serve`, `relais demo`
+//! and the tests.
 
+pub mod config;
 pub mod crypto;
+pub mod demo;
+
+pub mod error;
+pub mod federation;
+pub mod identity;
+pub mod provider;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod web;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+pub use state::AppState;
+
+/// The whole HTTP application: every federation under its issuer path, plus
+/// health endpoints.
+pub fn app(state: Arc<AppState>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(state.clone()));
+    for fed in &state.federations {
+        let r = provider::router(state.clone(), fed.clone());
+        router = if fed.prefix.is_empty() {
+            router.merge(r)
+        } else {
+            router.nest(&fed.prefix, r)
+        };
+    }
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, k: header::HeaderName, v: &'static str| {
+        if !h.contains_key(&k) {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+    };
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self' data: https:; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    resp
+}

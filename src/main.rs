@@ -1,1 +1,280 @@
-fn main() {}
+//! The `relais` command line.
+
+use clap::{Parser, Subcommand};
+use relais::config::Config;
+use relais::crypto::{keys, Alg, KeyStatus};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "relais",
+    version,
+    about = "Relais — OpenID Connect identity federation broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the broker.
+    Serve {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Run the demo: broker, two demo identity providers and a demo service, on SQLite.
+    Demo {
+        /// Port of the broker; the providers and the service use the next ones.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Folder for the demo database and keys.
+        #[arg(long, default_value = "relais-demo-data")]
+        data_dir: PathBuf,
+    },
+    /// Apply database migrations.
+    Migrate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Hash a client secret (read from standard input) as an argon2id PHC string.
+    HashSecret,
+    /// Identity registry (RNIPP-like check) tools.
+    Registry {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Generate a key (active if none is, else next).
+    Generate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "citizen")]
+        federation: String,
+        #[arg(long)]
+        alg: String,
+    },
+    /// List keys and their status.
+    List {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "citizen")]
+        federation: String,
+    },
+    /// Rotate: next becomes active, active becomes retired, a new next is made.
+    Rotate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "citizen")]
+        federation: String,
+        #[arg(long)]
+        alg: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file and explain every problem.
+    Check {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Load people from a CSV file (header: given_name,family_name,birthdate,gender,birthplace,birthcountry,status).
+    Import {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        file: PathBuf,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+fn keys_dir(config: &Path, federation: &str) -> Result<PathBuf, String> {
+    let c = load(config)?;
+    if !c.federations.contains_key(federation) {
+        return Err(format!(
+            "no federation {federation:?} in {}",
+            config.display()
+        ));
+    }
+    Ok(c.server.keys_dir.join(federation))
+}
+
+fn parse_alg(a: &str) -> Result<Alg, String> {
+    Alg::parse(a).ok_or_else(|| format!("unknown algorithm {a:?}: use RS256, ES256 or EdDSA"))
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Serve { config } => {
+            let c = load(&config)?;
+            init_tracing(c.server.log_format == "json");
+            let listener = tokio::net::TcpListener::bind(&c.server.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", c.server.listen))?;
+            let started = std::time::Instant::now();
+            let running = relais::server::start(&c, listener).await?;
+            tracing::info!(addr = %running.addr, ready_ms = started.elapsed().as_millis() as u64, "relais ready");
+            tokio::select! {
+                _ = running.task => {}
+                _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+            }
+            Ok(())
+        }
+        Cmd::Demo { port, data_dir } => {
+            init_tracing(false);
+            relais::demo::run(port, &data_dir).await
+        }
+        Cmd::Migrate { config } => {
+            let c = load(&config)?;
+            relais::server::open_store(&c).await?;
+            println!(
+                "migrations applied to {}",
+                relais::server::redact(&c.server.database_url)
+            );
+            Ok(())
+        }
+        Cmd::Keys { cmd } => match cmd {
+            KeysCmd::Generate {
+                config,
+                federation,
+                alg,
+            } => {
+                let dir = keys_dir(&config, &federation)?;
+                let p = keys::generate(&dir, parse_alg(&alg)?, None).map_err(|e| e.to_string())?;
+                println!("generated {}", p.display());
+                Ok(())
+            }
+            KeysCmd::List { config, federation } => {
+                let dir = keys_dir(&config, &federation)?;
+                let set = relais::crypto::KeySet::load(&dir).map_err(|e| e.to_string())?;
+                for i in set.infos() {
+                    let status = match i.status {
+                        KeyStatus::Active => "active",
+                        KeyStatus::Next => "next",
+                        KeyStatus::Retired => "retired",
+                    };
+                    println!(
+                        "{status:8} {:6} {}  {}",
+                        i.alg.as_str(),
+                        i.kid,
+                        i.file.display()
+                    );
+                }
+                Ok(())
+            }
+            KeysCmd::Rotate {
+                config,
+                federation,
+                alg,
+            } => {
+                let dir = keys_dir(&config, &federation)?;
+                keys::rotate(&dir, parse_alg(&alg)?).map_err(|e| e.to_string())?;
+                println!(
+                    "rotated {alg} in {}; running nodes pick it up within 5 seconds",
+                    dir.display()
+                );
+                Ok(())
+            }
+        },
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => {
+            let c = load(&config)?;
+            let mut problems = Vec::new();
+            for (id, f) in &c.federations {
+                let dir = c.server.keys_dir.join(id);
+                match relais::crypto::KeySet::load(&dir) {
+                    Ok(set) => {
+                        for a in &f.signing_algs {
+                            if parse_alg(a).ok().and_then(|a| set.signer(a)).is_none() {
+                                problems.push(format!(
+                                    "federation {id}: no active {a} key in {} (relais keys generate --federation {id} --alg {a})",
+                                    dir.display()
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(format!("federation {id}: keys: {e}")),
+                }
+            }
+            if problems.is_empty() {
+                println!("{}: configuration is valid", config.display());
+                Ok(())
+            } else {
+                Err(problems.join("\n"))
+            }
+        }
+        Cmd::HashSecret => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_line(&mut s)
+                .map_err(|e| e.to_string())?;
+            let h = relais::crypto::secrets::hash_secret(s.trim_end_matches(['\n', '\r']))?;
+            println!("{h}");
+            Ok(())
+        }
+        Cmd::Registry {
+            cmd: RegistryCmd::Import { config, file },
+        } => {
+            let c = load(&config)?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let n = relais::server::import_registry(&c, &text).await?;
+            println!("{n} people loaded into the registry");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relais: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relais: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -103,7 +103,8 @@ pub fn b64(data: &[u8]) -> String {
 }
 
 pub fn b64_decode(s: &str) -> Result<Vec<u8>, JwsError> {
-    B64.decode(s).map_err(|_| JwsError::Malformed("bad base64url"))
+    B64.decode(s)
+        .map_err(|_| JwsError::Malformed("bad base64url"))
 }
 
 /// RFC 7638 thumbprint of a public JWK (required members, lexicographic order).
@@ -124,7 +125,11 @@ pub fn thumbprint(jwk: &Value) -> Result<String, JwsError> {
         "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv")?, s("x")?),
         other => return Err(JwsError::InvalidKey(format!("unsupported kty {other}"))),
     };
-    Ok(b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref()))
+    Ok(b64(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    )
+    .as_ref()))
 }
 
 impl SigningKey {
@@ -140,9 +145,12 @@ impl SigningKey {
             }
             Alg::ES256 => {
                 let rng = SystemRandom::new();
-                let kp =
-                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-                        .map_err(bad)?;
+                let kp = EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                    &rng,
+                )
+                .map_err(bad)?;
                 let point = kp.public_key().as_ref();
                 let (x, y) = match point {
                     [4, rest @ ..] if rest.len() == 64 => rest.split_at(32),
@@ -153,7 +161,8 @@ impl SigningKey {
             }
             Alg::EdDSA => {
                 let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(bad)?;
-                let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(kp.public_key().as_ref())});
+                let jwk =
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(kp.public_key().as_ref())});
                 (Pair::Ed(kp), jwk)
             }
         };
@@ -310,7 +319,10 @@ pub fn verify_with_jwks<'a>(jwt: &'a str, jwks: &Value) -> Result<Unverified<'a>
     });
     let mut last = JwsError::UnknownKey;
     for k in candidates.by_ref() {
-        if k.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+        if k.get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         match verify_raw(k, alg, u.signing_input.as_bytes(), &u.signature) {
@@ -339,7 +351,10 @@ pub fn pem_decode(label: &str, pem: &str) -> Option<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let start = pem.find(&begin)? + begin.len();
     let stop = start + pem[start..].find(&end)?;
-    let body: String = pem[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let body: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
@@ -348,9 +363,11 @@ pub fn pem_decode(label: &str, pem: &str) -> Option<Vec<u8>> {
 pub fn generate_pkcs8(alg: Alg) -> Result<Vec<u8>, JwsError> {
     let rng = SystemRandom::new();
     match alg {
-        Alg::ES256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map(|d| d.as_ref().to_vec())
-            .map_err(|_| JwsError::Signing),
+        Alg::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map(|d| d.as_ref().to_vec())
+                .map_err(|_| JwsError::Signing)
+        }
         Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
             .map(|d| d.as_ref().to_vec())
             .map_err(|_| JwsError::Signing),
@@ -381,14 +398,18 @@ impl rsa::rand_core::RngCore for RingRng {
         u64::from_le_bytes(b)
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        // The system RNG failing is unrecoverable; ring reports it as Unspecified.
-        // We fall back to zero-fill only if it fails, which `try_fill_bytes` surfaces.
-        let _ = self.try_fill_bytes(dest);
+        // Never generate a key from an unfilled buffer.
+        if self.try_fill_bytes(dest).is_err() {
+            eprintln!("relais: the system random generator failed; aborting");
+            std::process::abort();
+        }
     }
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
         use ring::rand::SecureRandom;
         self.0.fill(dest).map_err(|_| {
-            rsa::rand_core::Error::from(core::num::NonZeroU32::new(1).unwrap_or(core::num::NonZeroU32::MIN))
+            rsa::rand_core::Error::from(
+                core::num::NonZeroU32::new(1).unwrap_or(core::num::NonZeroU32::MIN),
+            )
         })
     }
 }
@@ -396,19 +417,15 @@ impl rsa::rand_core::RngCore for RingRng {
 impl rsa::rand_core::CryptoRng for RingRng {}
 
 /// Random URL-safe token of `n` bytes of entropy.
+///
+/// If the operating system's random generator fails, the process aborts:
+/// an identity server must never hand out predictable codes or tokens.
 pub fn random_token(n: usize) -> String {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; n];
-    // SystemRandom only fails when the OS RNG is unusable; an all-zero token
-    // would then be predictable, so we retry and finally abort the request path
-    // by returning a token derived from time + counter hashed, which callers never reach in practice.
     if SystemRandom::new().fill(&mut buf).is_err() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let d = ring::digest::digest(&ring::digest::SHA256, &now.to_le_bytes());
-        return b64(d.as_ref());
+        eprintln!("relais: the system random generator failed; aborting");
+        std::process::abort();
     }
     b64(&buf)
 }
@@ -418,10 +435,16 @@ pub fn sha256_b64(data: &[u8]) -> String {
     b64(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
-/// OIDC `at_hash`/`c_hash`: left half of SHA-256 of the ASCII value.
-pub fn half_hash(value: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
-    b64(&d.as_ref()[..16])
+/// OIDC `at_hash`/`c_hash`: left half of the hash of the ASCII value, with the
+/// hash of the signing algorithm (SHA-256 for RS256/ES256, SHA-512 for Ed25519,
+/// as client libraries such as `openidconnect` compute it).
+pub fn half_hash(alg: Alg, value: &str) -> String {
+    let (algo, half) = match alg {
+        Alg::RS256 | Alg::ES256 => (&ring::digest::SHA256, 16),
+        Alg::EdDSA => (&ring::digest::SHA512, 32),
+    };
+    let d = ring::digest::digest(algo, value.as_bytes());
+    b64(&d.as_ref()[..half])
 }
 
 #[cfg(test)]
@@ -462,11 +485,7 @@ mod tests {
     fn alg_none_and_hs256_and_confusion_rejected() {
         let k = key(Alg::ES256);
         let jwks = json!({"keys": [k.public_jwk.clone()]});
-        let none = format!(
-            "{}.{}.",
-            b64(br#"{"alg":"none"}"#),
-            b64(br#"{"sub":"x"}"#)
-        );
+        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(br#"{"sub":"x"}"#));
         assert!(matches!(
             verify_with_jwks(&none, &jwks),
             Err(JwsError::UnsupportedAlg(_))
@@ -483,7 +502,11 @@ mod tests {
             serde_json::from_slice(&b64_decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
         header.insert("kid".into(), json!(k.kid));
         let rest: Vec<&str> = jwt.split('.').skip(1).collect();
-        let forged = format!("{}.{}", b64(Value::Object(header).to_string().as_bytes()), rest.join("."));
+        let forged = format!(
+            "{}.{}",
+            b64(Value::Object(header).to_string().as_bytes()),
+            rest.join(".")
+        );
         assert!(verify_with_jwks(&forged, &jwks).is_err());
     }
 
@@ -493,7 +516,10 @@ mod tests {
         let b = key(Alg::EdDSA);
         let jwt = a.sign_jwt("JWT", &json!({})).unwrap();
         let jwks = json!({"keys": [b.public_jwk.clone()]});
-        assert_eq!(verify_with_jwks(&jwt, &jwks).unwrap_err(), JwsError::UnknownKey);
+        assert_eq!(
+            verify_with_jwks(&jwt, &jwks).unwrap_err(),
+            JwsError::UnknownKey
+        );
     }
 
     #[test]
@@ -523,7 +549,7 @@ mod tests {
     fn half_hash_matches_oidc_example() {
         // OIDC Core A.3 example: access token jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y
         assert_eq!(
-            half_hash("jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
+            half_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
             "77QmUPtjPfzWtF2AnpK9RQ"
         );
     }

@@ -3,7 +3,7 @@
 //! rotation (next -> active -> retired) never invalidates a token in flight.
 
 use super::jws::{generate_pkcs8, pem_decode, pem_encode, Alg, JwsError, SigningKey, Unverified};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -116,11 +116,7 @@ fn key_files(dir: &Path) -> Result<Vec<(KeyStatus, Alg, PathBuf, String)>, KeyEr
 
 fn dir_stamp(dir: &Path) -> String {
     match key_files(dir) {
-        Ok(files) => files
-            .into_iter()
-            .map(|f| f.3)
-            .collect::<Vec<_>>()
-            .join(";"),
+        Ok(files) => files.into_iter().map(|f| f.3).collect::<Vec<_>>().join(";"),
         Err(e) => format!("error:{e}"),
     }
 }
@@ -354,6 +350,7 @@ pub fn rotate(dir: &Path, alg: Alg) -> Result<(), KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(

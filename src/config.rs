@@ -1,0 +1,655 @@
+//! Configuration: one TOML file, overlaid by `RELAIS__SECTION__KEY` environment
+//! variables, with unknown fields rejected and every rule checked at start.
+
+use crate::crypto::Alg;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub federations: BTreeMap<String, FederationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. "127.0.0.1:8080".
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Public base URL (scheme://host[:port]) the browser and services use.
+    pub public_url: String,
+    /// `sqlite://path` (created if missing) or `postgres://…`.
+    #[serde(default = "default_db")]
+    pub database_url: String,
+    #[serde(default = "default_pool")]
+    pub database_max_connections: u32,
+    /// Root of the key folders; each federation uses `<keys_dir>/<federation id>`.
+    #[serde(default = "default_keys_dir")]
+    pub keys_dir: PathBuf,
+    /// PEM certificate chain and key: when both are set Relais serves HTTPS itself.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` (only behind a proxy you run).
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    /// "text" or "json".
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// Seconds between two purges of expired rows.
+    #[serde(default = "default_purge")]
+    pub purge_interval_secs: u64,
+    /// Timeout of HTTP calls toward upstream providers, in milliseconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_db() -> String {
+    "sqlite://relais.db".into()
+}
+fn default_pool() -> u32 {
+    16
+}
+fn default_keys_dir() -> PathBuf {
+    PathBuf::from("keys")
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_purge() -> u64 {
+    60
+}
+fn default_upstream_timeout() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    #[default]
+    Citizen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryKind {
+    #[default]
+    None,
+    Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Issuer URL; its path (if any) is where this federation's endpoints live.
+    pub issuer: String,
+    #[serde(default)]
+    pub profile: Profile,
+    /// Display name on pages.
+    #[serde(default = "default_fed_name")]
+    pub name: String,
+    /// Secret for pairwise subjects (at least 32 characters). Changing it changes every `sub`.
+    pub pairwise_secret: String,
+    #[serde(default = "yes")]
+    pub nonce_required: bool,
+    #[serde(default = "default_nonce_min")]
+    pub nonce_min_length: usize,
+    /// Assurance levels, weakest first.
+    #[serde(default = "default_acr_values")]
+    pub acr_values: Vec<String>,
+    #[serde(default = "default_access_ttl")]
+    pub access_token_ttl_secs: i64,
+    #[serde(default = "default_id_ttl")]
+    pub id_token_ttl_secs: i64,
+    #[serde(default = "default_code_ttl")]
+    pub code_ttl_secs: i64,
+    /// Broker (SSO) session lifetime.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: i64,
+    /// Time to complete a sign-in (choice page, upstream, consent).
+    #[serde(default = "default_interaction_ttl")]
+    pub interaction_ttl_secs: i64,
+    #[serde(default)]
+    pub registry: RegistryKind,
+    /// Algorithms with keys in this federation's key folder (default RS256, ES256, EdDSA).
+    #[serde(default = "default_algs")]
+    pub signing_algs: Vec<String>,
+    #[serde(default)]
+    pub theme: Theme,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Cooldown between two JWKS refetches of one upstream on an unknown kid.
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_refetch_cooldown_secs: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_fed_name() -> String {
+    "Relais".into()
+}
+fn default_nonce_min() -> usize {
+    22
+}
+fn default_acr_values() -> Vec<String> {
+    vec!["eidas1".into(), "eidas2".into(), "eidas3".into()]
+}
+fn default_access_ttl() -> i64 {
+    60
+}
+fn default_id_ttl() -> i64 {
+    60
+}
+fn default_code_ttl() -> i64 {
+    60
+}
+fn default_session_ttl() -> i64 {
+    1800
+}
+fn default_interaction_ttl() -> i64 {
+    900
+}
+fn default_algs() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_jwks_cooldown() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Theme {
+    pub logo_url: Option<String>,
+    pub primary_color: Option<String>,
+    pub extra_css: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamAuth {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub id: String,
+    pub name: String,
+    /// Issuer; endpoints are discovered from `/.well-known/openid-configuration`
+    /// unless all of authorization/token/jwks endpoints are given.
+    pub issuer: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub end_session_endpoint: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    #[serde(default = "default_upstream_auth")]
+    pub auth_method: UpstreamAuth,
+    /// For private_key_jwt: signing algorithm of the assertion (key from this federation's keys).
+    pub assertion_alg: Option<String>,
+    #[serde(default = "default_provider_scopes")]
+    pub scopes: Vec<String>,
+    /// Levels this provider can deliver (a subset of the federation's acr values).
+    #[serde(default = "default_provider_acr")]
+    pub acr_values: Vec<String>,
+    #[serde(default)]
+    pub order: i32,
+    #[serde(default = "yes")]
+    pub active: bool,
+    #[serde(default = "yes")]
+    pub display: bool,
+    /// Only these clients may use this provider (empty: all).
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+    /// These clients may not use this provider.
+    #[serde(default)]
+    pub denied_clients: Vec<String>,
+}
+
+fn default_upstream_auth() -> UpstreamAuth {
+    UpstreamAuth::ClientSecretBasic
+}
+fn default_provider_scopes() -> Vec<String> {
+    vec!["openid".into(), "identite_pivot".into(), "email".into()]
+}
+fn default_provider_acr() -> Vec<String> {
+    vec!["eidas1".into()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    None,
+}
+
+impl ClientAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientKind {
+    /// Public-sector service: information page only.
+    #[default]
+    Public,
+    /// Private service: explicit consent checkbox.
+    Private,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub name: String,
+    /// argon2id PHC string; plaintext accepted (hashed on load) and warned about.
+    pub client_secret: Option<String>,
+    #[serde(default = "default_client_auth")]
+    pub token_endpoint_auth_method: ClientAuthMethod,
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    #[serde(default = "default_client_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub kind: ClientKind,
+    /// Sector identifier for pairwise subjects (default: host of the first redirect URI).
+    pub sector_identifier: Option<String>,
+    pub id_token_signed_response_alg: Option<String>,
+    pub userinfo_signed_response_alg: Option<String>,
+    /// private_key_jwt: inline JWK set (JSON text) or a jwks_uri.
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+}
+
+fn default_client_auth() -> ClientAuthMethod {
+    ClientAuthMethod::ClientSecretBasic
+}
+fn default_client_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Scopes Relais knows for the citizen profile.
+pub const CITIZEN_SCOPES: &[&str] = &[
+    "openid",
+    "profile",
+    "birth",
+    "identite_pivot",
+    "email",
+    "given_name",
+    "family_name",
+    "birthdate",
+    "gender",
+    "birthplace",
+    "birthcountry",
+    "preferred_username",
+    "idp_id",
+    "amr",
+];
+
+impl Config {
+    /// Parse TOML text, apply the environment overlay, validate.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML: {e}")]))?;
+        apply_env(&mut value, env).map_err(|e| ConfigError(vec![e]))?;
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if url::Url::parse(&self.server.public_url).is_err() {
+            errs.push(format!(
+                "server.public_url {:?} is not a URL",
+                self.server.public_url
+            ));
+        }
+        if !(self.server.database_url.starts_with("sqlite:")
+            || self.server.database_url.starts_with("postgres://")
+            || self.server.database_url.starts_with("postgresql://"))
+        {
+            errs.push("server.database_url must start with sqlite: or postgres://".into());
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            errs.push("server.tls_cert and server.tls_key go together".into());
+        }
+        if !["text", "json"].contains(&self.server.log_format.as_str()) {
+            errs.push("server.log_format must be \"text\" or \"json\"".into());
+        }
+        if self.federations.is_empty() {
+            errs.push("at least one [federations.<id>] is required".into());
+        }
+        let mut prefixes = Vec::new();
+        for (id, f) in &self.federations {
+            let at = |s: &str| format!("federations.{id}.{s}");
+            if !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errs.push(format!(
+                    "federation id {id:?}: letters, digits, - and _ only"
+                ));
+            }
+            match url::Url::parse(&f.issuer) {
+                Ok(u) => {
+                    if u.query().is_some() || u.fragment().is_some() {
+                        errs.push(format!("{}: no query or fragment", at("issuer")));
+                    }
+                    prefixes.push((id.clone(), u.path().trim_end_matches('/').to_string()));
+                }
+                Err(_) => errs.push(format!("{} {:?} is not a URL", at("issuer"), f.issuer)),
+            }
+            if f.issuer.ends_with('/') {
+                errs.push(format!("{}: no trailing slash", at("issuer")));
+            }
+            if f.pairwise_secret.len() < 32 {
+                errs.push(format!("{}: at least 32 characters", at("pairwise_secret")));
+            }
+            if f.acr_values.is_empty() {
+                errs.push(format!("{}: at least one level", at("acr_values")));
+            }
+            for a in &f.signing_algs {
+                if Alg::parse(a).is_none() {
+                    errs.push(format!(
+                        "{}: {a:?} is not one of RS256, ES256, EdDSA",
+                        at("signing_algs")
+                    ));
+                }
+            }
+            for (n, v) in [
+                ("access_token_ttl_secs", f.access_token_ttl_secs),
+                ("id_token_ttl_secs", f.id_token_ttl_secs),
+                ("session_ttl_secs", f.session_ttl_secs),
+                ("interaction_ttl_secs", f.interaction_ttl_secs),
+            ] {
+                if v <= 0 {
+                    errs.push(format!("{}: must be positive", at(n)));
+                }
+            }
+            if f.code_ttl_secs <= 0 || f.code_ttl_secs > 60 {
+                errs.push(format!("{}: between 1 and 60 seconds", at("code_ttl_secs")));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for p in &f.providers {
+                let at = |s: &str| format!("federations.{id}.providers[{}].{s}", p.id);
+                if !seen.insert(&p.id) {
+                    errs.push(format!("federations.{id}: provider id {:?} twice", p.id));
+                }
+                if url::Url::parse(&p.issuer).is_err() {
+                    errs.push(format!("{}: not a URL", at("issuer")));
+                }
+                for a in &p.acr_values {
+                    if !f.acr_values.contains(a) {
+                        errs.push(format!(
+                            "{}: {a:?} is not in the federation's acr_values",
+                            at("acr_values")
+                        ));
+                    }
+                }
+                if !p.scopes.iter().any(|s| s == "openid") {
+                    errs.push(format!("{}: must include openid", at("scopes")));
+                }
+                match p.auth_method {
+                    UpstreamAuth::ClientSecretBasic | UpstreamAuth::ClientSecretPost => {
+                        if p.client_secret.is_none() {
+                            errs.push(format!(
+                                "{}: required for this auth_method",
+                                at("client_secret")
+                            ));
+                        }
+                    }
+                    UpstreamAuth::PrivateKeyJwt => {
+                        let alg = p.assertion_alg.as_deref().unwrap_or("RS256");
+                        if !f.signing_algs.iter().any(|a| a == alg) {
+                            errs.push(format!(
+                                "{}: {alg} has no key in this federation",
+                                at("assertion_alg")
+                            ));
+                        }
+                    }
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for c in &f.clients {
+                let at = |s: &str| format!("federations.{id}.clients[{}].{s}", c.client_id);
+                if !seen.insert(&c.client_id) {
+                    errs.push(format!(
+                        "federations.{id}: client id {:?} twice",
+                        c.client_id
+                    ));
+                }
+                if c.redirect_uris.is_empty() {
+                    errs.push(format!("{}: at least one", at("redirect_uris")));
+                }
+                for u in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
+                    match url::Url::parse(u) {
+                        Ok(p) if p.fragment().is_none() => {}
+                        _ => errs.push(format!(
+                            "{}: {u:?} is not an absolute URL without fragment",
+                            at("redirect_uris")
+                        )),
+                    }
+                }
+                for s in &c.scopes {
+                    if !CITIZEN_SCOPES.contains(&s.as_str()) {
+                        errs.push(format!("{}: unknown scope {s:?}", at("scopes")));
+                    }
+                }
+                if !c.scopes.iter().any(|s| s == "openid") {
+                    errs.push(format!("{}: must include openid", at("scopes")));
+                }
+                for (n, alg) in [
+                    (
+                        "id_token_signed_response_alg",
+                        &c.id_token_signed_response_alg,
+                    ),
+                    (
+                        "userinfo_signed_response_alg",
+                        &c.userinfo_signed_response_alg,
+                    ),
+                ] {
+                    if let Some(a) = alg {
+                        if !f.signing_algs.iter().any(|x| x == a) {
+                            errs.push(format!(
+                                "{}: {a:?} must be one of the federation's signing_algs (never none or HS256)",
+                                at(n)
+                            ));
+                        }
+                    }
+                }
+                match c.token_endpoint_auth_method {
+                    ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
+                        if c.client_secret.as_deref().unwrap_or("").is_empty() {
+                            errs.push(format!("{}: required for this method", at("client_secret")));
+                        }
+                    }
+                    ClientAuthMethod::PrivateKeyJwt => {
+                        if c.jwks.is_none() == c.jwks_uri.is_none() {
+                            errs.push(format!(
+                                "{}: give exactly one of jwks or jwks_uri",
+                                at("jwks")
+                            ));
+                        }
+                        if let Some(j) = &c.jwks {
+                            if serde_json::from_str::<serde_json::Value>(j)
+                                .ok()
+                                .and_then(|v| v.get("keys").cloned())
+                                .is_none()
+                            {
+                                errs.push(format!("{}: not a JSON JWK set", at("jwks")));
+                            }
+                        }
+                    }
+                    ClientAuthMethod::None => {}
+                }
+            }
+            if f.signing_algs.is_empty() || !f.signing_algs.iter().any(|a| a == "RS256") {
+                errs.push(format!(
+                    "{}: must include RS256 (the default for clients that registered no algorithm)",
+                    at("signing_algs")
+                ));
+            }
+        }
+        prefixes.sort_by(|a, b| a.1.cmp(&b.1));
+        for w in prefixes.windows(2) {
+            if let [a, b] = w {
+                if a.1 == b.1 {
+                    errs.push(format!(
+                        "federations {} and {} have the same issuer path {:?}",
+                        a.0, b.0, a.1
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
+    }
+}
+
+/// `RELAIS__SERVER__LISTEN=0.0.0.0:80` sets `server.listen`. Values are read as
+/// TOML when they parse (numbers, booleans, arrays), else as strings.
+pub fn apply_env(
+    root: &mut toml::Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), String> {
+    for (k, v) in env {
+        let Some(path) = k.strip_prefix("RELAIS__") else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let parsed = toml::from_str::<toml::Value>(&format!("v = {v}"))
+            .ok()
+            .and_then(|t| t.get("v").cloned())
+            .unwrap_or(toml::Value::String(v.clone()));
+        let mut cur = &mut *root;
+        for (i, part) in parts.iter().enumerate() {
+            let table = cur
+                .as_table_mut()
+                .ok_or_else(|| format!("{k}: {part:?} is not inside a table"))?;
+            if i + 1 == parts.len() {
+                table.insert(part.clone(), parsed.clone());
+                break;
+            }
+            cur = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[server]
+public_url = "http://127.0.0.1:8080"
+[federations.citizen]
+issuer = "http://127.0.0.1:8080"
+pairwise_secret = "0123456789abcdef0123456789abcdef"
+[[federations.citizen.clients]]
+client_id = "svc"
+name = "Service"
+client_secret = "secret"
+redirect_uris = ["http://127.0.0.1:9000/cb"]
+"#;
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = Config::from_toml_with_env(MIN, vec![]).unwrap();
+        let f = &c.federations["citizen"];
+        assert!(f.nonce_required);
+        assert_eq!(f.access_token_ttl_secs, 60);
+        assert_eq!(c.server.database_url, "sqlite://relais.db");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = MIN.replace("[server]", "[server]\nlisten_port = 3");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn env_overlay_sets_nested_values() {
+        let c = Config::from_toml_with_env(
+            MIN,
+            vec![
+                ("RELAIS__SERVER__LISTEN".into(), "0.0.0.0:9999".into()),
+                (
+                    "RELAIS__FEDERATIONS__CITIZEN__ACCESS_TOKEN_TTL_SECS".into(),
+                    "30".into(),
+                ),
+                ("OTHER".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9999");
+        assert_eq!(c.federations["citizen"].access_token_ttl_secs, 30);
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let text = MIN
+            .replace("0123456789abcdef0123456789abcdef", "short")
+            .replace("[\"http://127.0.0.1:9000/cb\"]", "[\"not a url\"]");
+        let e = Config::from_toml_with_env(&text, vec![]).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+}

@@ -1,0 +1,1071 @@
+//! `/authorize`, the provider choice page, the upstream callback and the
+//! information/consent page.
+
+use super::claims::{claims_for_scopes, ClaimsRequest};
+use super::{
+    lang_from, load_session, session_key, set_cookie, Authn, Cookies, Ctx, Params, SessionData,
+};
+use crate::crypto::{random_token, sha256_b64};
+use crate::error::{redirect, with_query, AppError};
+use crate::identity::{
+    pairwise_sub, registry_lookup_key, registry_outcome, PivotIdentity, RegistryOutcome,
+    RegistryRecord,
+};
+use crate::state::Client;
+use crate::store::Kind;
+use crate::web::Lang;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// A validated authorization request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub code_challenge: Option<String>,
+    pub acr_min: Option<String>,
+    pub prompt: Vec<String>,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<String>,
+    pub idp_hint: Option<String>,
+    pub lang: Lang,
+    pub claims: ClaimsRequest,
+}
+
+/// A sign-in in progress, bound to the browser session that started it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interaction {
+    pub req: AuthRequest,
+    pub session: String,
+    pub csrf: String,
+    pub provider: Option<String>,
+}
+
+/// What a code stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeData {
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub sub: String,
+    /// Claims for userinfo (scope-filtered).
+    pub userinfo: Map<String, Value>,
+    /// Extra claims for the ID token (claims request parameter).
+    pub id_token_extra: Map<String, Value>,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+    pub sid: String,
+    pub session: String,
+}
+
+impl Ctx {
+    fn redirect_error(
+        &self,
+        req: &AuthRequest,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> AppError {
+        AppError::Redirect {
+            redirect_uri: req.redirect_uri.clone(),
+            error,
+            description: description.into(),
+            state: req.state.clone(),
+            iss: self.fed.issuer.clone(),
+        }
+    }
+
+    /// Link returning `access_denied` (with the original state) to the service.
+    pub fn back_url(&self, req: &AuthRequest, error: &str) -> String {
+        let mut p = vec![("error", error)];
+        if let Some(s) = &req.state {
+            p.push(("state", s));
+        }
+        p.push(("iss", &self.fed.issuer));
+        with_query(&req.redirect_uri, &p)
+    }
+
+    fn client(&self, id: &str) -> Option<&Client> {
+        self.fed.clients.get(id)
+    }
+}
+
+pub async fn authorize_get(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    authorize(ctx, cookies, headers, q.unwrap_or_default()).await
+}
+
+pub async fn authorize_post(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    authorize(ctx, cookies, headers, body).await
+}
+
+async fn authorize(ctx: Ctx, cookies: Cookies, headers: HeaderMap, raw: String) -> Response {
+    match authorize_inner(&ctx, &cookies, &headers, &raw).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validate the request: client and redirect URI first (HTML errors), then
+/// everything else (error redirects).
+fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
+    let fed = &ctx.fed;
+    let client_id = params.get("client_id").unwrap_or("");
+    let client = ctx
+        .client(client_id)
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_client", None))?;
+    let redirect_uri = params.get("redirect_uri").unwrap_or("");
+    if !client.cfg.redirect_uris.iter().any(|u| u == redirect_uri) {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_redirect_uri", None));
+    }
+    let mut req = AuthRequest {
+        client_id: client_id.to_string(),
+        redirect_uri: redirect_uri.to_string(),
+        state: params.get("state").map(str::to_string),
+        nonce: params.get("nonce").map(str::to_string),
+        scopes: vec![],
+        code_challenge: None,
+        acr_min: None,
+        prompt: vec![],
+        max_age: None,
+        login_hint: params.get("login_hint").map(str::to_string),
+        idp_hint: params.get("idp_hint").map(str::to_string),
+        lang,
+        claims: ClaimsRequest::default(),
+    };
+    // From here on, errors go back to the service.
+    match params.get("response_type") {
+        Some("code") => {}
+        Some(_) => {
+            return Err(ctx.redirect_error(
+                &req,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            ))
+        }
+        None => {
+            return Err(ctx.redirect_error(&req, "invalid_request", "response_type is required"))
+        }
+    }
+    if let Some(mode) = params.get("response_mode") {
+        if mode != "query" {
+            return Err(ctx.redirect_error(
+                &req,
+                "invalid_request",
+                "only response_mode=query is supported",
+            ));
+        }
+    }
+    if params.get("request").is_some() {
+        return Err(ctx.redirect_error(
+            &req,
+            "request_not_supported",
+            "request objects are not supported",
+        ));
+    }
+    if params.get("request_uri").is_some() {
+        return Err(ctx.redirect_error(
+            &req,
+            "request_uri_not_supported",
+            "request_uri is not supported",
+        ));
+    }
+    if req.state.as_deref().is_none_or(|s| s.len() > 512) {
+        return Err(ctx.redirect_error(
+            &req,
+            "invalid_request",
+            "state is required (at most 512 characters)",
+        ));
+    }
+    match &req.nonce {
+        Some(n) if n.len() < fed.cfg.nonce_min_length || n.len() > 512 => {
+            return Err(ctx.redirect_error(
+                &req,
+                "invalid_request",
+                format!(
+                    "nonce must have {} to 512 characters",
+                    fed.cfg.nonce_min_length
+                ),
+            ))
+        }
+        None if fed.cfg.nonce_required => {
+            return Err(ctx.redirect_error(&req, "invalid_request", "nonce is required"))
+        }
+        _ => {}
+    }
+    let scopes: Vec<String> = params
+        .get("scope")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(ctx.redirect_error(&req, "invalid_scope", "scope must include openid"));
+    }
+    if let Some(bad) = scopes.iter().find(|s| !client.cfg.scopes.contains(s)) {
+        return Err(ctx.redirect_error(
+            &req,
+            "invalid_scope",
+            format!("scope {bad} is not allowed for this client"),
+        ));
+    }
+    let mut dedup = Vec::new();
+    for s in scopes {
+        if !dedup.contains(&s) {
+            dedup.push(s);
+        }
+    }
+    req.scopes = dedup;
+    // PKCE.
+    match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    ) {
+        (Some(c), Some("S256")) => {
+            if c.len() != 43
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ctx.redirect_error(
+                    &req,
+                    "invalid_request",
+                    "code_challenge must be a base64url SHA-256 (43 characters)",
+                ));
+            }
+            req.code_challenge = Some(c.to_string());
+        }
+        (Some(_), _) => {
+            return Err(ctx.redirect_error(
+                &req,
+                "invalid_request",
+                "code_challenge_method must be S256",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ctx.redirect_error(&req, "invalid_request", "code_challenge is missing"))
+        }
+        (None, None) => {
+            if client.is_public() {
+                return Err(ctx.redirect_error(
+                    &req,
+                    "invalid_request",
+                    "PKCE (S256) is required for public clients",
+                ));
+            }
+        }
+    }
+    // Prompt.
+    if let Some(p) = params.get("prompt") {
+        let values: Vec<String> = p.split_whitespace().map(str::to_string).collect();
+        for v in &values {
+            if !["none", "login", "consent", "select_account"].contains(&v.as_str()) {
+                return Err(ctx.redirect_error(
+                    &req,
+                    "invalid_request",
+                    format!("prompt value {v} is not supported"),
+                ));
+            }
+        }
+        if values.iter().any(|v| v == "none") && values.len() > 1 {
+            return Err(ctx.redirect_error(
+                &req,
+                "invalid_request",
+                "prompt=none cannot be combined",
+            ));
+        }
+        req.prompt = values;
+    }
+    if let Some(m) = params.get("max_age") {
+        match m.parse::<i64>() {
+            Ok(v) if v >= 0 => req.max_age = Some(v),
+            _ => {
+                return Err(ctx.redirect_error(
+                    &req,
+                    "invalid_request",
+                    "max_age must be a non-negative integer",
+                ))
+            }
+        }
+    }
+    // Claims parameter and acr.
+    if let Some(c) = params.get("claims") {
+        req.claims =
+            ClaimsRequest::parse(c).map_err(|e| ctx.redirect_error(&req, "invalid_request", e))?;
+    }
+    let ladder = &fed.cfg.acr_values;
+    let lowest_known = |vals: &[String]| -> Option<String> {
+        vals.iter()
+            .filter_map(|v| ladder.iter().position(|l| l == v))
+            .min()
+            .and_then(|i| ladder.get(i).cloned())
+    };
+    if let Some(vals) = &req.claims.essential_acr {
+        match lowest_known(vals) {
+            Some(a) => req.acr_min = Some(a),
+            None => {
+                return Err(ctx.redirect_error(
+                    &req,
+                    "invalid_request",
+                    "none of the essential acr values is supported",
+                ))
+            }
+        }
+    } else {
+        let from_param: Vec<String> = params
+            .get("acr_values")
+            .map(|a| a.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let voluntary = req.claims.voluntary_acr.clone().unwrap_or_default();
+        let all: Vec<String> = from_param.into_iter().chain(voluntary).collect();
+        req.acr_min = lowest_known(&all);
+    }
+    // idp_hint must name a provider this client may use.
+    if let Some(h) = &req.idp_hint {
+        let ok = fed
+            .provider(h)
+            .is_some_and(|p| fed.provider_allowed(p, &req.client_id));
+        if !ok {
+            return Err(ctx.redirect_error(
+                &req,
+                "invalid_request",
+                "idp_hint names an identity provider this client may not use",
+            ));
+        }
+    }
+    Ok(req)
+}
+
+/// Does the broker session satisfy this request without a new upstream sign-in?
+fn sso_usable(ctx: &Ctx, req: &AuthRequest, authn: &Authn) -> bool {
+    let fed = &ctx.fed;
+    if req
+        .prompt
+        .iter()
+        .any(|p| p == "login" || p == "select_account")
+    {
+        return false;
+    }
+    if let Some(m) = req.max_age {
+        if ctx.now() - authn.auth_time > m {
+            return false;
+        }
+    }
+    if let Some(min) = &req.acr_min {
+        let have = authn.acr.as_deref().and_then(|a| fed.acr_rank(a));
+        if have < fed.acr_rank(min) {
+            return false;
+        }
+    }
+    if let Some(h) = &req.idp_hint {
+        if h != &authn.provider {
+            return false;
+        }
+    }
+    fed.provider(&authn.provider)
+        .is_some_and(|p| fed.provider_allowed(p, &req.client_id))
+}
+
+async fn authorize_inner(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+    raw: &str,
+) -> Result<Response, AppError> {
+    let pre_lang = lang_from(headers, None);
+    let params = Params::parse(raw)
+        .map_err(|_| ctx.page_error(pre_lang, StatusCode::BAD_REQUEST, "invalid_request", None))?;
+    let lang = lang_from(headers, params.get("ui_locales"));
+    let req = validate(ctx, &params, lang)?;
+    let now = ctx.now();
+    let fed = &ctx.fed;
+    tracing::info!(event = "authorize_received", federation = %fed.id, client = %req.client_id, scopes = %req.scopes.join(" "), acr = ?req.acr_min, "authorize request");
+
+    let mut session = None;
+    if let Some(sid) = cookies.session_id(fed) {
+        if let Some(data) = load_session(ctx, &sid).await? {
+            session = Some((sid, data));
+        }
+    }
+    let sso = session
+        .as_ref()
+        .and_then(|(_, d)| d.authn.as_ref())
+        .is_some_and(|a| sso_usable(ctx, &req, a));
+
+    if req.prompt.iter().any(|p| p == "none") {
+        if !sso {
+            return Err(ctx.redirect_error(&req, "login_required", "no usable session"));
+        }
+        let client = ctx
+            .client(&req.client_id)
+            .ok_or_else(|| AppError::internal("client vanished"))?;
+        if client.cfg.kind == crate::config::ClientKind::Private {
+            return Err(ctx.redirect_error(
+                &req,
+                "consent_required",
+                "this service needs an explicit consent",
+            ));
+        }
+        let (sid, data) = session.ok_or_else(|| AppError::internal("session vanished"))?;
+        let authn = data
+            .authn
+            .ok_or_else(|| AppError::internal("session vanished"))?;
+        return issue_code(ctx, &req, &authn, &sid).await;
+    }
+
+    let mut set_new_cookie = None;
+    let session_id = match session {
+        Some((sid, _)) => sid,
+        None => {
+            let value = random_token(32);
+            let sid = session_key(&value);
+            let data =
+                serde_json::to_string(&SessionData::default()).map_err(AppError::internal)?;
+            ctx.app
+                .store
+                .put(
+                    Kind::Session,
+                    &sid,
+                    &fed.id,
+                    &data,
+                    now + fed.cfg.interaction_ttl_secs,
+                )
+                .await?;
+            set_new_cookie = Some(value);
+            sid
+        }
+    };
+    let id = random_token(24);
+    let mut inter = Interaction {
+        req,
+        session: session_id,
+        csrf: random_token(24),
+        provider: None,
+    };
+    let location = if sso {
+        fed.url(&format!("/interaction/{id}/consent"))
+    } else if let Some(hint) = inter.req.idp_hint.clone() {
+        inter.provider = Some(hint.clone());
+        let url = start_upstream(ctx, &id, &inter, &hint).await?;
+        tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %hint, via = "idp_hint", "identity provider chosen");
+        url
+    } else {
+        fed.url(&format!("/interaction/{id}"))
+    };
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .put(
+            Kind::Interaction,
+            &id,
+            &fed.id,
+            &data,
+            now + fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    let mut resp = redirect(&location);
+    if let Some(v) = set_new_cookie {
+        resp.headers_mut().insert(
+            header::SET_COOKIE,
+            set_cookie(ctx, &v, fed.cfg.session_ttl_secs),
+        );
+    }
+    Ok(resp)
+}
+
+/// Prepare the redirect to the upstream provider and remember its state.
+async fn start_upstream(
+    ctx: &Ctx,
+    interaction_id: &str,
+    inter: &Interaction,
+    provider_id: &str,
+) -> Result<String, AppError> {
+    let fed = &ctx.fed;
+    let lang = inter.req.lang;
+    let back = Some(ctx.back_url(&inter.req, "access_denied"));
+    let provider = fed
+        .provider(provider_id)
+        .filter(|p| fed.provider_allowed(p, &inter.req.client_id))
+        .ok_or_else(|| {
+            ctx.page_error(
+                lang,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                back.clone(),
+            )
+        })?;
+    if let Some(min) = &inter.req.acr_min {
+        if fed.provider_max_rank(provider) < fed.acr_rank(min) {
+            return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "acr_not_satisfied", back));
+        }
+    }
+    let force_login = inter.req.prompt.iter().any(|p| p == "login") || inter.req.max_age.is_some();
+    let (url, state, pending) = provider
+        .start(
+            &ctx.app.http,
+            &fed.url("/callback"),
+            inter.req.acr_min.as_deref(),
+            &fed.cfg.acr_values,
+            inter.req.login_hint.as_deref(),
+            force_login,
+            interaction_id,
+            &inter.session,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(provider = %provider_id, error = %e, "upstream unavailable");
+            ctx.page_error(
+                lang,
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                back.clone(),
+            )
+        })?;
+    let data = serde_json::to_string(&pending).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .put(
+            Kind::UpstreamState,
+            &sha256_b64(state.as_bytes()),
+            &fed.id,
+            &data,
+            ctx.now() + fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    Ok(url)
+}
+
+/// Load an interaction and check it belongs to this browser.
+async fn load_interaction(
+    ctx: &Ctx,
+    id: &str,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<Interaction, AppError> {
+    let lang = lang_from(headers, None);
+    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let raw = ctx
+        .app
+        .store
+        .get(Kind::Interaction, id, &ctx.fed.id, ctx.now())
+        .await?
+        .ok_or_else(expired)?;
+    let inter: Interaction = serde_json::from_str(&raw).map_err(AppError::internal)?;
+    if cookies.session_id(&ctx.fed).as_deref() != Some(inter.session.as_str()) {
+        return Err(expired());
+    }
+    Ok(inter)
+}
+
+#[derive(Serialize)]
+struct ProviderView {
+    id: String,
+    name: String,
+    disabled: bool,
+}
+
+pub async fn choose_page(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let fed = &ctx.fed;
+    let min_rank = inter.req.acr_min.as_deref().and_then(|a| fed.acr_rank(a));
+    let providers: Vec<ProviderView> = fed
+        .providers
+        .iter()
+        .filter(|p| p.cfg.display && fed.provider_allowed(p, &inter.req.client_id))
+        .map(|p| ProviderView {
+            id: p.cfg.id.clone(),
+            name: p.cfg.name.clone(),
+            disabled: fed.provider_max_rank(p) < min_rank,
+        })
+        .collect();
+    let client_name = ctx
+        .client(&inter.req.client_id)
+        .map(|c| c.cfg.name.clone())
+        .unwrap_or_default();
+    ctx.page(
+        inter.req.lang,
+        "choose.html",
+        minijinja::context! {
+            action => fed.url(&format!("/interaction/{id}/choose")),
+            csrf => inter.csrf,
+            providers => providers,
+            client_name => client_name,
+            back_url => fed.url(&format!("/interaction/{id}/abort")),
+        },
+    )
+}
+
+pub async fn abort(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    ctx.app
+        .store
+        .delete(Kind::Interaction, &id, &ctx.fed.id)
+        .await?;
+    Ok(redirect(&ctx.back_url(&inter.req, "access_denied")))
+}
+
+pub async fn choose_submit(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let provider = form.get("provider").unwrap_or("").to_string();
+    let url = start_upstream(&ctx, &id, &inter, &provider).await?;
+    inter.provider = Some(provider.clone());
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .update(
+            Kind::Interaction,
+            &id,
+            &ctx.fed.id,
+            &data,
+            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    tracing::info!(event = "idp_chosen", federation = %ctx.fed.id, provider = %provider, via = "choice_page", "identity provider chosen");
+    Ok(redirect(&url))
+}
+
+fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Result<(), AppError> {
+    let given = form.get("csrf").unwrap_or("");
+    if !crate::crypto::ct_eq(given.as_bytes(), inter.csrf.as_bytes()) {
+        tracing::warn!(federation = %ctx.fed.id, "CSRF token missing or wrong");
+        return Err(ctx.page_error(inter.req.lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    Ok(())
+}
+
+/// Upstream provider returns here.
+pub async fn callback(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    let params = Params::parse(&q.unwrap_or_default()).unwrap_or_default();
+    let fed = &ctx.fed;
+    let state = params.get("state").unwrap_or("");
+    let pending_raw = ctx
+        .app
+        .store
+        .take(
+            Kind::UpstreamState,
+            &sha256_b64(state.as_bytes()),
+            &fed.id,
+            ctx.now(),
+        )
+        .await?
+        .ok_or_else(|| {
+            ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+        })?;
+    let pending: crate::federation::PendingUpstream =
+        serde_json::from_str(&pending_raw).map_err(AppError::internal)?;
+    let inter = load_interaction(&ctx, &pending.interaction, &cookies, &headers).await?;
+    if inter.session != pending.session {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+    }
+    let lang = inter.req.lang;
+    let back = Some(ctx.back_url(&inter.req, "access_denied"));
+    let fail =
+        |code: &'static str, status: StatusCode| ctx.page_error(lang, status, code, back.clone());
+    let provider = fed
+        .provider(&pending.provider)
+        .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
+    // RFC 9207: if the provider sends iss, it must be its own.
+    if let Some(iss) = params.get("iss") {
+        if iss != provider.cfg.issuer {
+            tracing::warn!(provider = %provider.cfg.id, "callback iss mismatch");
+            return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
+        }
+    }
+    if let Some(err) = params.get("error") {
+        tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = %err, "upstream returned an error");
+        let code = if err == "access_denied" {
+            "access_denied"
+        } else {
+            "upstream_error"
+        };
+        return Err(fail(code, StatusCode::BAD_REQUEST));
+    }
+    let code = params
+        .get("code")
+        .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
+    let login = provider
+        .finish(&ctx.app.http, &fed.url("/callback"), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
+        .await
+        .map_err(|e| {
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream sign-in failed");
+            use crate::federation::UpstreamError as U;
+            match e {
+                U::Unavailable(_) => fail("upstream_unavailable", StatusCode::BAD_GATEWAY),
+                U::Refused(_) => fail("upstream_error", StatusCode::BAD_GATEWAY),
+                U::InvalidToken(_) => fail("upstream_invalid_token", StatusCode::BAD_GATEWAY),
+                U::Claims(m) if m.contains("acr") => fail("acr_not_satisfied", StatusCode::FORBIDDEN),
+                U::Claims(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
+                U::Config(_) => fail("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        })?;
+    tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, acr = ?login.acr, "upstream sign-in verified");
+    let identity = PivotIdentity::from_claims(&login.claims).map_err(|e| {
+        tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = %e, "invalid pivot identity");
+        fail("invalid_identity", StatusCode::BAD_GATEWAY)
+    })?;
+    registry_check(&ctx, &identity, lang, back.clone()).await?;
+    tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
+
+    // New session id after authentication (session fixation).
+    let value = random_token(32);
+    let new_sid = session_key(&value);
+    let authn = Authn {
+        identity_key: identity.identity_key(),
+        identity,
+        provider: provider.cfg.id.clone(),
+        acr: login.acr,
+        amr: login.amr,
+        auth_time: ctx.now(),
+        sid: random_token(16),
+        upstream_id_token: login.id_token,
+    };
+    let data =
+        serde_json::to_string(&SessionData { authn: Some(authn) }).map_err(AppError::internal)?;
+    let now = ctx.now();
+    ctx.app
+        .store
+        .put(
+            Kind::Session,
+            &new_sid,
+            &fed.id,
+            &data,
+            now + fed.cfg.session_ttl_secs,
+        )
+        .await?;
+    ctx.app
+        .store
+        .delete(Kind::Session, &inter.session, &fed.id)
+        .await?;
+    let mut inter = inter;
+    inter.session = new_sid;
+    let idata = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .update(
+            Kind::Interaction,
+            &pending.interaction,
+            &fed.id,
+            &idata,
+            now + fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    let mut resp = redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction)));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&ctx, &value, fed.cfg.session_ttl_secs),
+    );
+    Ok(resp)
+}
+
+async fn registry_check(
+    ctx: &Ctx,
+    identity: &PivotIdentity,
+    lang: Lang,
+    back: Option<String>,
+) -> Result<(), AppError> {
+    if ctx.fed.cfg.registry != crate::config::RegistryKind::Table {
+        return Ok(());
+    }
+    let outcome = match ctx
+        .app
+        .store
+        .registry_get(&registry_lookup_key(identity))
+        .await
+    {
+        Ok(raw) => {
+            let record: Option<RegistryRecord> = raw.and_then(|r| stored_record(&r));
+            registry_outcome(identity, record.as_ref())
+        }
+        Err(e) => RegistryOutcome::Unavailable(e.to_string()),
+    };
+    match outcome {
+        RegistryOutcome::Found => Ok(()),
+        RegistryOutcome::Unavailable(e) => {
+            tracing::warn!(event = "registry_check", error = %e, "registry unavailable");
+            Err(ctx.page_error(
+                lang,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                back.map(|b| b.replace("error=access_denied", "error=temporarily_unavailable")),
+            ))
+        }
+        other => {
+            tracing::info!(event = "registry_check", outcome = ?other, "registry refused the identity");
+            Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "registry_refused", back))
+        }
+    }
+}
+
+/// Registry records are stored as JSON {"identity": {...}, "deceased": bool}.
+pub fn stored_record(raw: &str) -> Option<RegistryRecord> {
+    let v: Value = serde_json::from_str(raw).ok()?;
+    let identity: PivotIdentity = serde_json::from_value(v.get("identity")?.clone()).ok()?;
+    let deceased = v.get("deceased").and_then(Value::as_bool).unwrap_or(false);
+    Some(RegistryRecord {
+        identity,
+        status: if deceased {
+            crate::identity::RegistryStatus::Deceased
+        } else {
+            crate::identity::RegistryStatus::Alive
+        },
+    })
+}
+
+pub fn record_json(r: &RegistryRecord) -> String {
+    json!({
+        "identity": r.identity,
+        "deceased": r.status == crate::identity::RegistryStatus::Deceased,
+    })
+    .to_string()
+}
+
+async fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
+    let back = Some(ctx.back_url(&inter.req, "access_denied"));
+    load_session(ctx, &inter.session)
+        .await?
+        .and_then(|s| s.authn)
+        .ok_or_else(|| {
+            ctx.page_error(
+                inter.req.lang,
+                StatusCode::BAD_REQUEST,
+                "interaction_expired",
+                back,
+            )
+        })
+}
+
+pub async fn consent_page(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let authn = session_authn(&ctx, &inter).await?;
+    let client = ctx
+        .client(&inter.req.client_id)
+        .ok_or_else(|| AppError::internal("client vanished"))?;
+    let lang = inter.req.lang;
+    let claims: Vec<String> = claims_for_scopes(&inter.req.scopes)
+        .into_iter()
+        .filter(|c| *c != "sub")
+        .map(|c| {
+            let label = crate::web::i18n::claim_label(lang, c);
+            let value = display_value(&authn, c);
+            match value {
+                Some(v) => format!("{label} : {v}"),
+                None => label.to_string(),
+            }
+        })
+        .collect();
+    let provider_name = ctx
+        .fed
+        .provider(&authn.provider)
+        .map(|p| p.cfg.name.clone())
+        .unwrap_or_default();
+    ctx.page(
+        lang,
+        "consent.html",
+        minijinja::context! {
+            action => ctx.fed.url(&format!("/interaction/{id}/consent")),
+            csrf => inter.csrf,
+            display_name => format!("{} {}", authn.identity.given_name, authn.identity.family_name.to_uppercase()),
+            client_name => client.cfg.name,
+            claims => claims,
+            provider_name => provider_name,
+            need_consent => client.cfg.kind == crate::config::ClientKind::Private,
+        },
+    )
+}
+
+fn display_value(authn: &Authn, claim: &str) -> Option<String> {
+    let id = &authn.identity;
+    match claim {
+        "given_name" => Some(id.given_name.clone()),
+        "family_name" => Some(id.family_name.clone()),
+        "birthdate" => Some(id.birthdate.clone()),
+        "gender" => Some(match id.gender {
+            crate::identity::Gender::Male => "male".into(),
+            crate::identity::Gender::Female => "female".into(),
+        }),
+        "birthplace" => id.birthplace.clone(),
+        "birthcountry" => Some(id.birthcountry.clone()),
+        "email" => id.email.clone(),
+        "preferred_username" => id.preferred_username.clone(),
+        "idp_id" => Some(authn.provider.clone()),
+        _ => None,
+    }
+}
+
+pub async fn consent_submit(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    if form.get("decision") == Some("deny") {
+        ctx.app
+            .store
+            .delete(Kind::Interaction, &id, &ctx.fed.id)
+            .await?;
+        tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = false, "consent refused");
+        return Ok(redirect(&ctx.back_url(&inter.req, "access_denied")));
+    }
+    let client = ctx
+        .client(&inter.req.client_id)
+        .ok_or_else(|| AppError::internal("client vanished"))?;
+    if client.cfg.kind == crate::config::ClientKind::Private && form.get("consent") != Some("yes") {
+        return Ok(redirect(
+            &ctx.fed.url(&format!("/interaction/{id}/consent")),
+        ));
+    }
+    let authn = session_authn(&ctx, &inter).await?;
+    // Single use: the interaction ends here.
+    if ctx
+        .app
+        .store
+        .take(Kind::Interaction, &id, &ctx.fed.id, ctx.now())
+        .await?
+        .is_none()
+    {
+        return Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "interaction_expired",
+            None,
+        ));
+    }
+    let sub = pairwise_sub(
+        &ctx.fed.pairwise_secret,
+        &client.sector,
+        &authn.identity_key,
+    );
+    ctx.app
+        .store
+        .record_consent(
+            &random_token(12),
+            &ctx.fed.id,
+            &client.cfg.client_id,
+            &sub,
+            &inter.req.scopes.join(" "),
+            ctx.now(),
+        )
+        .await?;
+    tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = true, "consent given");
+    issue_code(&ctx, &inter.req, &authn, &inter.session).await
+}
+
+/// Create the authorization code and send the browser back to the service.
+async fn issue_code(
+    ctx: &Ctx,
+    req: &AuthRequest,
+    authn: &Authn,
+    session: &str,
+) -> Result<Response, AppError> {
+    let client = ctx
+        .client(&req.client_id)
+        .ok_or_else(|| AppError::internal("client vanished"))?;
+    let sub = pairwise_sub(
+        &ctx.fed.pairwise_secret,
+        &client.sector,
+        &authn.identity_key,
+    );
+    let released = claims_for_scopes(&req.scopes);
+    let mut all = authn.identity.to_claims();
+    all.insert("idp_id".into(), json!(authn.provider));
+    all.insert("amr".into(), json!(authn.amr));
+    let mut userinfo = Map::new();
+    userinfo.insert("sub".into(), json!(sub));
+    for c in &released {
+        if let Some(v) = all.get(*c) {
+            userinfo.insert((*c).to_string(), v.clone());
+        }
+    }
+    // Claims asked through the claims parameter, limited to what the scopes release.
+    let mut id_token_extra = Map::new();
+    for c in &req.claims.id_token {
+        if released.contains(&c.as_str()) {
+            if let Some(v) = all.get(c) {
+                id_token_extra.insert(c.clone(), v.clone());
+            }
+        }
+    }
+    let data = CodeData {
+        redirect_uri: req.redirect_uri.clone(),
+        code_challenge: req.code_challenge.clone(),
+        nonce: req.nonce.clone(),
+        scopes: req.scopes.clone(),
+        sub,
+        userinfo,
+        id_token_extra,
+        acr: authn.acr.clone(),
+        amr: authn.amr.clone(),
+        auth_time: authn.auth_time,
+        sid: authn.sid.clone(),
+        session: session.to_string(),
+    };
+    let code = random_token(32);
+    let fed = &ctx.fed;
+    ctx.app
+        .store
+        .insert_code(
+            &sha256_b64(code.as_bytes()),
+            &fed.id,
+            &req.client_id,
+            &random_token(16),
+            &serde_json::to_string(&data).map_err(AppError::internal)?,
+            ctx.now() + fed.cfg.code_ttl_secs,
+        )
+        .await?;
+    let mut params = vec![("code", code.as_str())];
+    if let Some(s) = &req.state {
+        params.push(("state", s));
+    }
+    params.push(("iss", &fed.issuer));
+    tracing::info!(event = "code_issued", federation = %fed.id, client = %req.client_id, "authorization code issued");
+    Ok(redirect(&with_query(&req.redirect_uri, &params)))
+}

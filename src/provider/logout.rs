@@ -1,0 +1,251 @@
+//! RP-initiated logout (`/session/end`), chained to the upstream provider's
+//! own logout when it has an `end_session_endpoint`.
+
+use super::{lang_from, load_session, set_cookie, Cookies, Ctx, Params};
+use crate::crypto::random_token;
+use crate::error::{redirect, with_query, AppError};
+use crate::store::Kind;
+use crate::web::Lang;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogoutFlow {
+    /// Verified return address and state, if the service gave them.
+    return_to: Option<String>,
+    state: Option<String>,
+    lang: Lang,
+    /// Session allowed to confirm (confirmation page only).
+    session: Option<String>,
+}
+
+/// Client id of a valid `id_token_hint` signed by this federation.
+fn verify_hint(ctx: &Ctx, hint: &str) -> Option<String> {
+    let keys = ctx.fed.keys.get();
+    let u = keys.verify(hint).ok()?;
+    if u.claims.get("iss").and_then(Value::as_str) != Some(ctx.fed.issuer.as_str()) {
+        return None;
+    }
+    match u.claims.get("aud") {
+        Some(Value::String(a)) => Some(a.clone()),
+        Some(Value::Array(list)) if list.len() == 1 => {
+            list.first().and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+pub async fn end_session_get(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    end_session(ctx, cookies, headers, q.unwrap_or_default()).await
+}
+
+pub async fn end_session_post(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    // Either a service posting the logout request, or the confirmation form.
+    let form = Params::parse(&body).unwrap_or_default();
+    if form.get("decision") == Some("logout") {
+        return confirm(ctx, cookies, headers, form).await;
+    }
+    end_session(ctx, cookies, headers, body).await
+}
+
+async fn end_session(
+    ctx: Ctx,
+    cookies: Cookies,
+    headers: HeaderMap,
+    raw: String,
+) -> Result<Response, AppError> {
+    let params = Params::parse(&raw).unwrap_or_default();
+    let lang = lang_from(&headers, params.get("ui_locales"));
+    let client_id = params
+        .get("id_token_hint")
+        .and_then(|h| verify_hint(&ctx, h));
+    let client_id = match (client_id, params.get("client_id")) {
+        (Some(a), Some(c)) if a != c => None,
+        (hint, _) => hint,
+    };
+    let fed = &ctx.fed;
+    let Some(client_id) = client_id else {
+        // No valid hint: ask the person, and never redirect anywhere afterwards.
+        let sid = cookies.session_id(fed);
+        let id = random_token(24);
+        let flow = LogoutFlow {
+            return_to: None,
+            state: None,
+            lang,
+            session: sid,
+        };
+        ctx.app
+            .store
+            .put(
+                Kind::Logout,
+                &id,
+                &fed.id,
+                &serde_json::to_string(&flow).map_err(AppError::internal)?,
+                ctx.now() + 600,
+            )
+            .await?;
+        return ctx.page(
+            lang,
+            "logout_confirm.html",
+            minijinja::context! { action => fed.url("/session/end"), csrf => id },
+        );
+    };
+    let return_to = match params.get("post_logout_redirect_uri") {
+        Some(uri) => {
+            let registered = fed
+                .clients
+                .get(&client_id)
+                .is_some_and(|c| c.cfg.post_logout_redirect_uris.iter().any(|u| u == uri));
+            if !registered {
+                return Err(ctx.page_error(
+                    lang,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_redirect_uri",
+                    None,
+                ));
+            }
+            Some(uri.to_string())
+        }
+        None => None,
+    };
+    let flow = LogoutFlow {
+        return_to,
+        state: params.get("state").map(str::to_string),
+        lang,
+        session: None,
+    };
+    tracing::info!(event = "logout", federation = %fed.id, client = %client_id, "logout requested by service");
+    finish_logout(&ctx, &cookies, flow).await
+}
+
+async fn confirm(
+    ctx: Ctx,
+    cookies: Cookies,
+    headers: HeaderMap,
+    form: Params,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    let id = form.get("csrf").unwrap_or("");
+    let flow: LogoutFlow = ctx
+        .app
+        .store
+        .take(Kind::Logout, id, &ctx.fed.id, ctx.now())
+        .await?
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None))?;
+    if flow.session != cookies.session_id(&ctx.fed) {
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    tracing::info!(event = "logout", federation = %ctx.fed.id, "logout confirmed by the person");
+    finish_logout(&ctx, &cookies, flow).await
+}
+
+/// End the broker session, then the upstream one if possible, then return.
+async fn finish_logout(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    flow: LogoutFlow,
+) -> Result<Response, AppError> {
+    let fed = &ctx.fed;
+    let mut upstream = None;
+    if let Some(sid) = cookies.session_id(fed) {
+        if let Some(s) = load_session(ctx, &sid).await? {
+            if let Some(a) = s.authn {
+                upstream = fed.provider(&a.provider).and_then(|p| {
+                    p.end_session_endpoint()
+                        .map(|e| (e, a.upstream_id_token.clone(), p.cfg.client_id.clone()))
+                });
+            }
+        }
+        ctx.app.store.delete(Kind::Session, &sid, &fed.id).await?;
+    }
+    let mut resp = if let Some((endpoint, hint, upstream_client)) = upstream {
+        let id = random_token(24);
+        ctx.app
+            .store
+            .put(
+                Kind::Logout,
+                &id,
+                &fed.id,
+                &serde_json::to_string(&flow).map_err(AppError::internal)?,
+                ctx.now() + 600,
+            )
+            .await?;
+        let url = with_query(
+            &endpoint,
+            &[
+                ("id_token_hint", hint.as_str()),
+                (
+                    "post_logout_redirect_uri",
+                    fed.url("/logout/callback").as_str(),
+                ),
+                ("state", id.as_str()),
+                ("client_id", upstream_client.as_str()),
+            ],
+        );
+        redirect(&url)
+    } else {
+        return_to_service(ctx, flow)?
+    };
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(ctx, "", 0));
+    Ok(resp)
+}
+
+fn return_to_service(ctx: &Ctx, flow: LogoutFlow) -> Result<Response, AppError> {
+    match flow.return_to {
+        Some(uri) => {
+            let mut p = vec![];
+            if let Some(s) = &flow.state {
+                p.push(("state", s.as_str()));
+            }
+            Ok(redirect(&with_query(&uri, &p)))
+        }
+        None => {
+            let t = crate::web::i18n::messages(flow.lang);
+            ctx.page(
+                flow.lang,
+                "message.html",
+                minijinja::context! { title => t.logged_out_title, message => t.logged_out },
+            )
+        }
+    }
+}
+
+/// The upstream provider sends the browser back here after its own logout.
+pub async fn upstream_logout_callback(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    let params = Params::parse(&q.unwrap_or_default()).unwrap_or_default();
+    let lang = lang_from(&headers, None);
+    let flow: LogoutFlow = ctx
+        .app
+        .store
+        .take(
+            Kind::Logout,
+            params.get("state").unwrap_or(""),
+            &ctx.fed.id,
+            ctx.now(),
+        )
+        .await?
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .ok_or_else(|| {
+            ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+        })?;
+    return_to_service(&ctx, flow)
+}

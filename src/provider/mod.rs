@@ -1,0 +1,291 @@
+//! Provider side: what services integrate (discovery, JWKS, authorize, token,
+//! userinfo, logout) plus the pages of a sign-in (choice, consent).
+
+pub mod authorize;
+pub mod claims;
+pub mod logout;
+pub mod token;
+
+use crate::crypto::sha256_b64;
+use crate::error::AppError;
+use crate::state::{AppState, Federation};
+use crate::web::{Lang, PageBase};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Handler state: the application and one federation.
+#[derive(Clone)]
+pub struct Ctx {
+    pub app: Arc<AppState>,
+    pub fed: Arc<Federation>,
+}
+
+/// Routes of one federation, relative to its issuer path.
+pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
+    let ctx = Ctx { app, fed };
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks", get(jwks))
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/interaction/{id}", get(authorize::choose_page))
+        .route("/interaction/{id}/choose", post(authorize::choose_submit))
+        .route(
+            "/interaction/{id}/consent",
+            get(authorize::consent_page).post(authorize::consent_submit),
+        )
+        .route("/interaction/{id}/abort", get(authorize::abort))
+        .route("/callback", get(authorize::callback))
+        .route("/token", post(token::token))
+        .route("/userinfo", get(token::userinfo).post(token::userinfo))
+        .route(
+            "/session/end",
+            get(logout::end_session_get).post(logout::end_session_post),
+        )
+        .route("/logout/callback", get(logout::upstream_logout_callback))
+        .route("/static/relais.css", get(relais_css))
+        .route("/static/theme.css", get(theme_css))
+        .with_state(ctx)
+}
+
+impl Ctx {
+    pub fn now(&self) -> i64 {
+        self.app.now()
+    }
+
+    pub fn base(&self, lang: Lang) -> Box<PageBase> {
+        let mut b = self.fed.base.clone();
+        b.lang = lang.code();
+        Box::new(b)
+    }
+
+    /// HTML error page (nothing trusted, or a browser step failed).
+    pub fn page_error(
+        &self,
+        lang: Lang,
+        status: StatusCode,
+        code: &'static str,
+        back: Option<String>,
+    ) -> AppError {
+        AppError::Page {
+            status,
+            code,
+            detail: None,
+            back,
+            base: self.base(lang),
+            lang,
+        }
+    }
+
+    pub fn page(
+        &self,
+        lang: Lang,
+        name: &str,
+        extra: minijinja::Value,
+    ) -> Result<Response, AppError> {
+        let html =
+            crate::web::render(name, &self.base(lang), lang, extra).map_err(AppError::Internal)?;
+        Ok(html_response(html))
+    }
+}
+
+pub fn html_response(html: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// Parameters of a request, from the query string or a form body; a parameter
+/// given twice is an error (RFC 6749 §3.1).
+#[derive(Debug, Default, Clone)]
+pub struct Params(pub HashMap<String, String>);
+
+impl Params {
+    pub fn parse(raw: &str) -> Result<Params, String> {
+        let mut map = HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if map.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(format!("parameter {k} is repeated"));
+            }
+        }
+        Ok(Params(map))
+    }
+
+    /// A parameter, treating an empty value as absent.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// The browser's session cookie, if any.
+pub struct Cookies(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Cookies {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut map = HashMap::new();
+        for v in parts.headers.get_all(header::COOKIE) {
+            if let Ok(s) = v.to_str() {
+                for pair in s.split(';') {
+                    if let Some((k, v)) = pair.trim().split_once('=') {
+                        map.entry(k.to_string()).or_insert_with(|| v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Cookies(map))
+    }
+}
+
+impl Cookies {
+    /// The database id of the session named by this federation's cookie.
+    pub fn session_id(&self, fed: &Federation) -> Option<String> {
+        self.0.get(&fed.cookie_name).map(|v| session_key(v))
+    }
+}
+
+/// Sessions are stored under a hash of the cookie value, so the database
+/// never holds a usable cookie.
+pub fn session_key(cookie_value: &str) -> String {
+    sha256_b64(cookie_value.as_bytes())
+}
+
+pub fn set_cookie(ctx: &Ctx, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if ctx.app.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let v = format!(
+        "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        ctx.fed.cookie_name, value, ctx.fed.cookie_path, max_age, secure
+    );
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+pub fn lang_from(headers: &HeaderMap, ui_locales: Option<&str>) -> Lang {
+    let al = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    Lang::negotiate(ui_locales, al)
+}
+
+/// A broker session: anonymous until an upstream sign-in completed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionData {
+    pub authn: Option<Authn>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Authn {
+    pub identity: crate::identity::PivotIdentity,
+    pub identity_key: String,
+    pub provider: String,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+    /// Public session id (`sid` claim).
+    pub sid: String,
+    /// Upstream ID token, kept as `id_token_hint` for upstream logout.
+    pub upstream_id_token: String,
+}
+
+pub async fn load_session(ctx: &Ctx, id: &str) -> Result<Option<SessionData>, AppError> {
+    let raw = ctx
+        .app
+        .store
+        .get(crate::store::Kind::Session, id, &ctx.fed.id, ctx.now())
+        .await?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+async fn discovery(State(ctx): State<Ctx>) -> Response {
+    let f = &ctx.fed;
+    let algs: Vec<&str> = f
+        .keys
+        .get()
+        .active_algs()
+        .into_iter()
+        .map(|a| a.as_str())
+        .collect();
+    let scopes: Vec<&str> = crate::config::CITIZEN_SCOPES.to_vec();
+    let doc = serde_json::json!({
+        "issuer": f.issuer,
+        "authorization_endpoint": f.url("/authorize"),
+        "token_endpoint": f.url("/token"),
+        "userinfo_endpoint": f.url("/userinfo"),
+        "jwks_uri": f.url("/jwks"),
+        "end_session_endpoint": f.url("/session/end"),
+        "scopes_supported": scopes,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": algs,
+        "userinfo_signing_alg_values_supported": algs,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": claims::CLAIMS_SUPPORTED,
+        "claims_parameter_supported": true,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "acr_values_supported": f.cfg.acr_values,
+        "prompt_values_supported": ["none", "login", "consent"],
+        "ui_locales_supported": ["fr", "en"],
+        "claims_locales_supported": ["fr"],
+        "authorization_response_iss_parameter_supported": true,
+        "frontchannel_logout_supported": false,
+        "backchannel_logout_supported": false,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+async fn jwks(State(ctx): State<Ctx>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        ctx.fed.keys.get().jwks_json().to_string(),
+    )
+        .into_response()
+}
+
+async fn relais_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        crate::web::RELAIS_CSS,
+    )
+        .into_response()
+}
+
+async fn theme_css(State(ctx): State<Ctx>) -> Response {
+    let t = &ctx.fed.cfg.theme;
+    (
+        [
+            (header::CONTENT_TYPE, "text/css"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        crate::web::theme_css(t.primary_color.as_deref(), t.extra_css.as_deref()),
+    )
+        .into_response()
+}

@@ -1,0 +1,222 @@
+//! Application state built once from the configuration: federations, their
+//! clients, providers and keys, the store and the HTTP client.
+
+use crate::config::{ClientAuthMethod, ClientConfig, Config, FederationConfig};
+use crate::crypto::secrets::{hash_secret, is_phc, VerifiedCache};
+use crate::crypto::{Alg, KeyRing};
+use crate::federation::Upstream;
+use crate::store::Store;
+use crate::web::PageBase;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Client {
+    pub cfg: ClientConfig,
+    pub secret_hash: Option<String>,
+    pub sector: String,
+    pub id_token_alg: Alg,
+    pub userinfo_alg: Option<Alg>,
+    pub jwks: Option<Value>,
+}
+
+impl Client {
+    pub fn is_public(&self) -> bool {
+        self.cfg.token_endpoint_auth_method == ClientAuthMethod::None
+    }
+}
+
+pub struct Federation {
+    pub id: String,
+    pub cfg: FederationConfig,
+    pub issuer: String,
+    /// Path prefix of the issuer ("" at the root).
+    pub prefix: String,
+    pub keys: Arc<KeyRing>,
+    pub clients: HashMap<String, Client>,
+    pub providers: Vec<Arc<Upstream>>,
+    pub cookie_name: String,
+    pub cookie_path: String,
+    pub base: PageBase,
+    pub pairwise_secret: Vec<u8>,
+}
+
+impl Federation {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.issuer, path)
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<Upstream>> {
+        self.providers.iter().find(|p| p.cfg.id == id)
+    }
+
+    /// Whether `client` may use provider `p` (active, allow/deny lists).
+    pub fn provider_allowed(&self, p: &Upstream, client_id: &str) -> bool {
+        p.cfg.active
+            && (p.cfg.allowed_clients.is_empty()
+                || p.cfg.allowed_clients.iter().any(|c| c == client_id))
+            && !p.cfg.denied_clients.iter().any(|c| c == client_id)
+    }
+
+    /// Rank of an acr value (weakest = 0).
+    pub fn acr_rank(&self, acr: &str) -> Option<usize> {
+        self.cfg.acr_values.iter().position(|a| a == acr)
+    }
+
+    pub fn provider_max_rank(&self, p: &Upstream) -> Option<usize> {
+        p.cfg
+            .acr_values
+            .iter()
+            .filter_map(|a| self.acr_rank(a))
+            .max()
+    }
+}
+
+pub struct AppState {
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub secrets: VerifiedCache,
+    pub federations: Vec<Arc<Federation>>,
+    pub secure_cookies: bool,
+    pub trust_forwarded: bool,
+    clock_offset: AtomicI64,
+}
+
+impl AppState {
+    /// Unix seconds, plus the test clock offset.
+    pub fn now(&self) -> i64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        real + self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// Move the clock forward (tests of expiry and max_age).
+    pub fn advance_clock(&self, secs: i64) {
+        self.clock_offset.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("relais/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn sector_of(c: &ClientConfig) -> String {
+    if let Some(s) = &c.sector_identifier {
+        return s.clone();
+    }
+    c.redirect_uris
+        .first()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| c.client_id.clone())
+}
+
+/// Build the state: open keys, hash plaintext secrets, prepare providers.
+pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
+    let http = http_client(Duration::from_millis(config.server.upstream_timeout_ms))?;
+    let mut federations = Vec::new();
+    for (id, f) in &config.federations {
+        let dir = config.server.keys_dir.join(id);
+        let keys = KeyRing::open(&dir).map_err(|e| format!("federation {id}: keys: {e}"))?;
+        let set = keys.get();
+        for a in &f.signing_algs {
+            let alg = Alg::parse(a).ok_or_else(|| format!("unknown alg {a}"))?;
+            if set.signer(alg).is_none() {
+                return Err(format!(
+                    "federation {id}: no active {alg} key in {} — run `relais keys generate --federation {id} --alg {alg}`",
+                    dir.display()
+                ));
+            }
+        }
+        let mut clients = HashMap::new();
+        for c in &f.clients {
+            let secret_hash = match &c.client_secret {
+                Some(s) if is_phc(s) => Some(s.clone()),
+                Some(s) => {
+                    tracing::warn!(client = %c.client_id, "plaintext client secret in configuration, hashed at start; store an argon2id hash instead (relais hash-secret)");
+                    Some(hash_secret(s)?)
+                }
+                None => None,
+            };
+            let jwks = match &c.jwks {
+                Some(j) => Some(serde_json::from_str(j).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            clients.insert(
+                c.client_id.clone(),
+                Client {
+                    secret_hash,
+                    sector: sector_of(c),
+                    id_token_alg: c
+                        .id_token_signed_response_alg
+                        .as_deref()
+                        .and_then(Alg::parse)
+                        .unwrap_or(Alg::RS256),
+                    userinfo_alg: c
+                        .userinfo_signed_response_alg
+                        .as_deref()
+                        .and_then(Alg::parse),
+                    jwks,
+                    cfg: c.clone(),
+                },
+            );
+        }
+        let mut providers: Vec<Arc<Upstream>> = f
+            .providers
+            .iter()
+            .map(|p| {
+                Arc::new(Upstream::new(
+                    p.clone(),
+                    Duration::from_secs(f.jwks_refetch_cooldown_secs),
+                ))
+            })
+            .collect();
+        providers.sort_by_key(|p| p.cfg.order);
+        let issuer_url = url::Url::parse(&f.issuer).map_err(|e| e.to_string())?;
+        let prefix = issuer_url.path().trim_end_matches('/').to_string();
+        let base = PageBase {
+            lang: "fr",
+            fed_name: f.name.clone(),
+            prefix: prefix.clone(),
+            logo_url: f.theme.logo_url.clone(),
+        };
+        federations.push(Arc::new(Federation {
+            id: id.clone(),
+            issuer: f.issuer.clone(),
+            cookie_name: format!("relais_{id}"),
+            cookie_path: if prefix.is_empty() {
+                "/".into()
+            } else {
+                prefix.clone()
+            },
+            prefix,
+            keys: Arc::new(keys),
+            clients,
+            providers,
+            base,
+            pairwise_secret: f.pairwise_secret.as_bytes().to_vec(),
+            cfg: f.clone(),
+        }));
+    }
+    Ok(AppState {
+        store,
+        http,
+        secrets: VerifiedCache::new(10_000),
+        federations,
+        secure_cookies: config.server.public_url.starts_with("https://"),
+        trust_forwarded: config.server.trust_forwarded_headers,
+        clock_offset: AtomicI64::new(0),
+    })
+}

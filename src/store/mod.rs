@@ -1,0 +1,412 @@
+//! Storage: one interface over SQLite (default, embedded) and PostgreSQL
+//! (several nodes). The backend is chosen from the URL scheme; queries are
+//! written once with `$n` placeholders, which both backends accept.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database cannot be reached (or timed out): callers answer 503.
+    Unavailable(String),
+    Other(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(e) => write!(f, "database unavailable: {e}"),
+            StoreError::Other(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Other(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Short-lived rows with the same shape: (id, federation, data JSON, expiry).
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Session,
+    Interaction,
+    UpstreamState,
+    Logout,
+}
+
+impl Kind {
+    fn table(self) -> &'static str {
+        match self {
+            Kind::Session => "sessions",
+            Kind::Interaction => "interactions",
+            Kind::UpstreamState => "upstream_states",
+            Kind::Logout => "logouts",
+        }
+    }
+}
+
+/// Outcome of redeeming an authorization code.
+#[derive(Debug)]
+pub enum Redeem {
+    Fresh {
+        client_id: String,
+        grant_id: String,
+        data: String,
+    },
+    /// Already redeemed: the grant's tokens have just been revoked.
+    Reused {
+        grant_id: String,
+    },
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct TokenRow {
+    pub client_id: String,
+    pub grant_id: String,
+    pub session_id: String,
+    pub data: String,
+}
+
+macro_rules! on {
+    ($self:expr, $p:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($p) => $body,
+            Backend::Postgres($p) => $body,
+        }
+    };
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// Connect (creating the SQLite file if needed). `schema` selects a
+    /// PostgreSQL schema (tests isolate themselves this way).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let (base, schema) = match url.split_once("#schema=") {
+                Some((b, s)) => (b, Some(s.to_string())),
+                None => (url, None),
+            };
+            let mut opts = PgConnectOptions::from_str(base).map_err(StoreError::from)?;
+            if let Some(s) = &schema {
+                opts = opts.options([("search_path", s.as_str())]);
+            }
+            if let Some(s) = &schema {
+                // Create the schema first with a one-off connection.
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(PgConnectOptions::from_str(base).map_err(StoreError::from)?)
+                    .await?;
+                sqlx::query(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                    s.replace('"', "")
+                ))
+                .execute(&pool)
+                .await?;
+                pool.close().await;
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(opts)
+                .await?;
+            Ok(Store {
+                backend: Backend::Postgres(pool),
+            })
+        } else {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(StoreError::from)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await?;
+            Ok(Store {
+                backend: Backend::Sqlite(pool),
+            })
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(p) => SQLITE_MIGRATOR
+                .run(p)
+                .await
+                .map_err(|e| StoreError::Other(e.to_string())),
+            Backend::Postgres(p) => POSTGRES_MIGRATOR
+                .run(p)
+                .await
+                .map_err(|e| StoreError::Other(e.to_string())),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        on!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()).map_err(Into::into))
+    }
+
+    // ---- short-lived rows -------------------------------------------------
+
+    pub async fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        fed: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (id, federation, data, expires_at) VALUES ($1, $2, $3, $4)",
+            kind.table()
+        );
+        on!(self, p => sqlx::query(&sql).bind(id).bind(fed).bind(data).bind(expires_at).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn update(
+        &self,
+        kind: Kind,
+        id: &str,
+        fed: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET data = $1, expires_at = $2 WHERE id = $3 AND federation = $4",
+            kind.table()
+        );
+        let n = on!(self, p => sqlx::query(&sql).bind(data).bind(expires_at).bind(id).bind(fed).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    pub async fn get(&self, kind: Kind, id: &str, fed: &str, now: i64) -> Result<Option<String>> {
+        let sql = format!(
+            "SELECT data FROM {} WHERE id = $1 AND federation = $2 AND expires_at > $3",
+            kind.table()
+        );
+        let row: Option<(String,)> = on!(self, p => sqlx::query_as(&sql).bind(id).bind(fed).bind(now).fetch_optional(p).await)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Read and delete in one statement (single use).
+    pub async fn take(&self, kind: Kind, id: &str, fed: &str, now: i64) -> Result<Option<String>> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND federation = $2 RETURNING data, expires_at",
+            kind.table()
+        );
+        let row: Option<(String, i64)> =
+            on!(self, p => sqlx::query_as(&sql).bind(id).bind(fed).fetch_optional(p).await)?;
+        Ok(row.filter(|r| r.1 > now).map(|r| r.0))
+    }
+
+    pub async fn delete(&self, kind: Kind, id: &str, fed: &str) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND federation = $2",
+            kind.table()
+        );
+        on!(self, p => sqlx::query(&sql).bind(id).bind(fed).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    // ---- codes and tokens -------------------------------------------------
+
+    pub async fn insert_code(
+        &self,
+        code_hash: &str,
+        fed: &str,
+        client_id: &str,
+        grant_id: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "INSERT INTO codes (id, federation, client_id, grant_id, data, used, expires_at) VALUES ($1, $2, $3, $4, $5, 0, $6)")
+            .bind(code_hash).bind(fed).bind(client_id).bind(grant_id).bind(data).bind(expires_at)
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Mark the code used; a second redemption revokes the grant's tokens.
+    pub async fn redeem_code(&self, code_hash: &str, fed: &str, now: i64) -> Result<Redeem> {
+        let fresh: Option<(String, String, String)> = on!(self, p => sqlx::query_as(
+            "UPDATE codes SET used = 1 WHERE id = $1 AND federation = $2 AND used = 0 AND expires_at > $3 RETURNING client_id, grant_id, data")
+            .bind(code_hash).bind(fed).bind(now).fetch_optional(p).await)?;
+        if let Some((client_id, grant_id, data)) = fresh {
+            return Ok(Redeem::Fresh {
+                client_id,
+                grant_id,
+                data,
+            });
+        }
+        let used: Option<(String, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT grant_id, used FROM codes WHERE id = $1 AND federation = $2")
+            .bind(code_hash).bind(fed).fetch_optional(p).await)?;
+        match used {
+            Some((grant_id, 1)) => {
+                self.revoke_grant(fed, &grant_id).await?;
+                Ok(Redeem::Reused { grant_id })
+            }
+            _ => Ok(Redeem::Unknown),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_token(
+        &self,
+        token_hash: &str,
+        fed: &str,
+        client_id: &str,
+        grant_id: &str,
+        session_id: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "INSERT INTO tokens (id, federation, client_id, grant_id, session_id, data, revoked, expires_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)")
+            .bind(token_hash).bind(fed).bind(client_id).bind(grant_id).bind(session_id).bind(data).bind(expires_at)
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn get_token(
+        &self,
+        token_hash: &str,
+        fed: &str,
+        now: i64,
+    ) -> Result<Option<TokenRow>> {
+        let row: Option<(String, String, String, String)> = on!(self, p => sqlx::query_as(
+            "SELECT client_id, grant_id, session_id, data FROM tokens WHERE id = $1 AND federation = $2 AND revoked = 0 AND expires_at > $3")
+            .bind(token_hash).bind(fed).bind(now).fetch_optional(p).await)?;
+        Ok(row.map(|(client_id, grant_id, session_id, data)| TokenRow {
+            client_id,
+            grant_id,
+            session_id,
+            data,
+        }))
+    }
+
+    pub async fn revoke_grant(&self, fed: &str, grant_id: &str) -> Result<u64> {
+        let n = on!(self, p => sqlx::query("UPDATE tokens SET revoked = 1 WHERE grant_id = $1 AND federation = $2")
+            .bind(grant_id).bind(fed).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n)
+    }
+
+    /// Record a client assertion `jti`; false when it was seen before.
+    pub async fn record_jti(
+        &self,
+        fed: &str,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let n = on!(self, p => sqlx::query(
+            "INSERT INTO used_jti (federation, client_id, jti, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(fed).bind(client_id).bind(jti).bind(expires_at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    pub async fn record_consent(
+        &self,
+        id: &str,
+        fed: &str,
+        client_id: &str,
+        subject: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "INSERT INTO consents (id, federation, client_id, subject, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id).bind(fed).bind(client_id).bind(subject).bind(scopes).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn count_consents(&self, fed: &str, client_id: &str) -> Result<i64> {
+        let row: (i64,) = on!(self, p => sqlx::query_as(
+            "SELECT COUNT(*) FROM consents WHERE federation = $1 AND client_id = $2")
+            .bind(fed).bind(client_id).fetch_one(p).await)?;
+        Ok(row.0)
+    }
+
+    // ---- identity registry ------------------------------------------------
+
+    /// Insert or replace registry records (lookup key -> JSON record).
+    pub async fn registry_put(&self, rows: &[(String, String)]) -> Result<()> {
+        on!(self, p => {
+            let mut tx = p.begin().await?;
+            for (k, v) in rows {
+                sqlx::query("INSERT INTO registry_people (lookup_key, record) VALUES ($1, $2) ON CONFLICT (lookup_key) DO UPDATE SET record = excluded.record")
+                    .bind(k).bind(v).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn registry_get(&self, lookup_key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = on!(self, p => sqlx::query_as(
+            "SELECT record FROM registry_people WHERE lookup_key = $1")
+            .bind(lookup_key).fetch_optional(p).await)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Delete expired rows; returns how many.
+    pub async fn purge_expired(&self, now: i64) -> Result<u64> {
+        let mut total = 0;
+        for table in [
+            "sessions",
+            "interactions",
+            "upstream_states",
+            "logouts",
+            "codes",
+            "tokens",
+            "used_jti",
+        ] {
+            // Codes are kept a day past expiry so a late replay still revokes the grant.
+            let cutoff = if table == "codes" { now - 86_400 } else { now };
+            let sql = format!("DELETE FROM {table} WHERE expires_at <= $1");
+            total += on!(self, p => sqlx::query(&sql).bind(cutoff).execute(p).await.map(|r| r.rows_affected()))?;
+        }
+        Ok(total)
+    }
+}

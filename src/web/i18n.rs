@@ -1,0 +1,228 @@
+//! Page texts in French (default) and English.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+pub enum Lang {
+    #[default]
+    Fr,
+    En,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Fr => "fr",
+            Lang::En => "en",
+        }
+    }
+
+    /// First supported language of `ui_locales` (space separated) or of an
+    /// Accept-Language header; French otherwise.
+    pub fn negotiate(ui_locales: Option<&str>, accept_language: Option<&str>) -> Lang {
+        let pick = |tag: &str| {
+            let primary = tag
+                .trim()
+                .split(['-', '_', ';'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match primary.as_str() {
+                "fr" => Some(Lang::Fr),
+                "en" => Some(Lang::En),
+                _ => None,
+            }
+        };
+        if let Some(l) = ui_locales.and_then(|u| u.split_whitespace().find_map(pick)) {
+            return l;
+        }
+        accept_language
+            .and_then(|a| a.split(',').find_map(pick))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Messages {
+    pub footer: &'static str,
+    pub choose_title: &'static str,
+    pub choose_intro: &'static str,
+    pub idp_level_too_low: &'static str,
+    pub back_to_service: &'static str,
+    pub consent_title: &'static str,
+    pub signing_in_as: &'static str,
+    pub consent_intro: &'static str,
+    pub consent_checkbox: &'static str,
+    pub via_provider: &'static str,
+    #[serde(rename = "continue")]
+    pub continue_: &'static str,
+    pub cancel: &'static str,
+    pub error_title: &'static str,
+    pub error_code: &'static str,
+    pub logout_title: &'static str,
+    pub logout_confirm: &'static str,
+    pub logout_button: &'static str,
+    pub logged_out_title: &'static str,
+    pub logged_out: &'static str,
+}
+
+static FR: Messages = Messages {
+    footer: "Relais — service de connexion. Vos données ne sont transmises qu'avec votre accord.",
+    choose_title: "Choisissez un compte pour vous connecter",
+    choose_intro: "{client} vous propose de vous connecter avec un compte que vous avez déjà.",
+    idp_level_too_low: "Ce compte n'offre pas le niveau de sécurité demandé par le service.",
+    back_to_service: "Revenir au service",
+    consent_title: "Vérifiez les informations transmises",
+    signing_in_as: "Vous vous connectez en tant que",
+    consent_intro: "Les informations suivantes vont être transmises à {client} :",
+    consent_checkbox: "J'accepte que ces informations soient transmises à {client}.",
+    via_provider: "Identité fournie par",
+    continue_: "Continuer",
+    cancel: "Annuler",
+    error_title: "Une erreur est survenue",
+    error_code: "Code d'erreur :",
+    logout_title: "Déconnexion",
+    logout_confirm: "Voulez-vous vous déconnecter de Relais ?",
+    logout_button: "Me déconnecter",
+    logged_out_title: "Vous êtes déconnecté",
+    logged_out: "Vous êtes déconnecté de Relais. Vous pouvez fermer cette page.",
+};
+
+static EN: Messages = Messages {
+    footer: "Relais — sign-in service. Your data is only shared with your agreement.",
+    choose_title: "Choose an account to sign in",
+    choose_intro: "{client} lets you sign in with an account you already have.",
+    idp_level_too_low: "This account does not offer the security level the service asks for.",
+    back_to_service: "Back to the service",
+    consent_title: "Check the information to be shared",
+    signing_in_as: "You are signing in as",
+    consent_intro: "The following information will be sent to {client}:",
+    consent_checkbox: "I agree that this information is sent to {client}.",
+    via_provider: "Identity provided by",
+    continue_: "Continue",
+    cancel: "Cancel",
+    error_title: "Something went wrong",
+    error_code: "Error code:",
+    logout_title: "Sign out",
+    logout_confirm: "Do you want to sign out of Relais?",
+    logout_button: "Sign me out",
+    logged_out_title: "You are signed out",
+    logged_out: "You are signed out of Relais. You can close this page.",
+};
+
+pub fn messages(lang: Lang) -> &'static Messages {
+    match lang {
+        Lang::Fr => &FR,
+        Lang::En => &EN,
+    }
+}
+
+/// Human-readable labels of claims on the consent page.
+pub fn claim_label(lang: Lang, claim: &str) -> &'static str {
+    match (lang, claim) {
+        (Lang::Fr, "given_name") => "Prénoms",
+        (Lang::Fr, "family_name") => "Nom de naissance",
+        (Lang::Fr, "birthdate") => "Date de naissance",
+        (Lang::Fr, "gender") => "Sexe",
+        (Lang::Fr, "birthplace") => "Lieu de naissance",
+        (Lang::Fr, "birthcountry") => "Pays de naissance",
+        (Lang::Fr, "email") => "Adresse électronique",
+        (Lang::Fr, "preferred_username") => "Nom d'usage",
+        (Lang::Fr, "idp_id") => "Fournisseur d'identité utilisé",
+        (Lang::Fr, "amr") => "Méthode d'authentification",
+        (Lang::Fr, "sub") => "Identifiant technique",
+        (Lang::En, "given_name") => "Given names",
+        (Lang::En, "family_name") => "Birth name",
+        (Lang::En, "birthdate") => "Birth date",
+        (Lang::En, "gender") => "Gender",
+        (Lang::En, "birthplace") => "Birthplace",
+        (Lang::En, "birthcountry") => "Birth country",
+        (Lang::En, "email") => "Email address",
+        (Lang::En, "preferred_username") => "Usage name",
+        (Lang::En, "idp_id") => "Identity provider used",
+        (Lang::En, "amr") => "Authentication method",
+        (Lang::En, "sub") => "Technical identifier",
+        _ => "",
+    }
+}
+
+/// Text for an error code shown on error pages.
+pub fn error_text(lang: Lang, code: &str) -> &'static str {
+    match (lang, code) {
+        (Lang::Fr, "invalid_client") => "Ce service n'est pas reconnu par Relais.",
+        (Lang::Fr, "invalid_redirect_uri") => {
+            "L'adresse de retour de ce service n'est pas enregistrée."
+        }
+        (Lang::Fr, "interaction_expired") => {
+            "Votre demande de connexion a expiré ou n'existe pas. Recommencez depuis le service."
+        }
+        (Lang::Fr, "csrf") => {
+            "Le formulaire a expiré ou n'est pas valide. Recommencez depuis le service."
+        }
+        (Lang::Fr, "access_denied") => "La connexion a été refusée ou annulée.",
+        (Lang::Fr, "upstream_error") => "Le fournisseur d'identité a renvoyé une erreur.",
+        (Lang::Fr, "upstream_unavailable") => {
+            "Le fournisseur d'identité ne répond pas. Réessayez plus tard."
+        }
+        (Lang::Fr, "upstream_invalid_token") => {
+            "La réponse du fournisseur d'identité n'a pas pu être vérifiée."
+        }
+        (Lang::Fr, "invalid_identity") => {
+            "L'identité transmise par le fournisseur d'identité est incomplète ou invalide."
+        }
+        (Lang::Fr, "registry_refused") => {
+            "Votre identité n'a pas pu être confirmée auprès du répertoire national."
+        }
+        (Lang::Fr, "temporarily_unavailable") => {
+            "Le service est momentanément indisponible. Réessayez plus tard."
+        }
+        (Lang::Fr, "acr_not_satisfied") => {
+            "Le niveau de sécurité obtenu est inférieur à celui demandé par le service."
+        }
+        (Lang::Fr, "not_found") => "Page introuvable.",
+        (Lang::Fr, "server_error") => "Erreur interne. Réessayez plus tard.",
+        (Lang::Fr, _) => "La demande n'est pas valide.",
+        (Lang::En, "invalid_client") => "This service is not known to Relais.",
+        (Lang::En, "invalid_redirect_uri") => "This service's return address is not registered.",
+        (Lang::En, "interaction_expired") => {
+            "Your sign-in request has expired or does not exist. Start again from the service."
+        }
+        (Lang::En, "csrf") => "The form has expired or is invalid. Start again from the service.",
+        (Lang::En, "access_denied") => "The sign-in was refused or cancelled.",
+        (Lang::En, "upstream_error") => "The identity provider returned an error.",
+        (Lang::En, "upstream_unavailable") => {
+            "The identity provider does not answer. Try again later."
+        }
+        (Lang::En, "upstream_invalid_token") => {
+            "The identity provider's answer could not be verified."
+        }
+        (Lang::En, "invalid_identity") => {
+            "The identity sent by the identity provider is incomplete or invalid."
+        }
+        (Lang::En, "registry_refused") => {
+            "Your identity could not be confirmed with the national registry."
+        }
+        (Lang::En, "temporarily_unavailable") => {
+            "The service is temporarily unavailable. Try again later."
+        }
+        (Lang::En, "acr_not_satisfied") => {
+            "The security level obtained is lower than the one the service asked for."
+        }
+        (Lang::En, "not_found") => "Page not found.",
+        (Lang::En, "server_error") => "Internal error. Try again later.",
+        (Lang::En, _) => "The request is not valid.",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Lang::negotiate(Some("de en"), None), Lang::En);
+        assert_eq!(Lang::negotiate(None, Some("en-GB,en;q=0.9")), Lang::En);
+        assert_eq!(Lang::negotiate(Some("de"), Some("de-DE")), Lang::Fr);
+        assert_eq!(Lang::negotiate(Some("fr-FR"), Some("en")), Lang::Fr);
+    }
+}
