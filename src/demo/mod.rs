@@ -13,20 +13,24 @@ use std::sync::Arc;
 pub const DEMO_CLIENT_ID: &str = "demo-service";
 pub const DEMO_CLIENT_SECRET: &str = "demo-service-secret-change-me";
 
+/// Addresses of the demo stack.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    pub broker: String,
+    pub idp1: String,
+    pub idp2: String,
+    pub service: String,
+}
+
 /// Broker configuration used by the demo (and a starting point for operators).
-pub fn demo_config(port: u16, data_dir: &Path) -> String {
-    let broker = format!("http://127.0.0.1:{port}");
-    let idp1 = format!("http://127.0.0.1:{}", port + 1);
-    let idp2 = format!("http://127.0.0.1:{}", port + 2);
-    let svc = format!("http://127.0.0.1:{}", port + 3);
-    let db = data_dir.join("relais.db");
-    let keys = data_dir.join("keys");
+pub fn demo_config(urls: &Urls, listen: &str, database_url: &str, keys_dir: &Path) -> String {
+    let Urls { broker, idp1, idp2, service: svc } = urls;
     format!(
         r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "{listen}"
 public_url = "{broker}"
-database_url = "sqlite://{db}"
+database_url = "{database_url}"
 keys_dir = "{keys}"
 
 [federations.citizen]
@@ -64,9 +68,112 @@ redirect_uris = ["{svc}/callback"]
 post_logout_redirect_uris = ["{svc}/logged-out"]
 scopes = ["openid", "profile", "birth", "identite_pivot", "email", "idp_id", "amr"]
 "#,
-        db = db.display(),
-        keys = keys.display(),
+        keys = keys_dir.display(),
     )
+}
+
+/// Options of a demo stack (tests add clients and settings through them).
+#[derive(Default)]
+pub struct StackOptions {
+    /// Database URL; default: SQLite file in the data folder.
+    pub database_url: Option<String>,
+    /// TOML appended to the generated configuration (e.g. more clients).
+    pub extra_toml: String,
+    /// Environment-style overrides (`RELAIS__…`) applied to the configuration.
+    pub overrides: Vec<(String, String)>,
+    /// Demo providers sign in people from `login_hint` without a form.
+    pub auto_login: bool,
+}
+
+/// A running demo: broker, two providers, the demo service.
+pub struct Stack {
+    pub urls: Urls,
+    pub state: Arc<crate::AppState>,
+    pub idps: Vec<DemoIdp>,
+    pub config: Config,
+    pub data_dir: std::path::PathBuf,
+}
+
+async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))
+}
+
+fn serve_on(l: tokio::net::TcpListener, router: axum::Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            tracing::error!(error = %e, "demo server stopped");
+        }
+    });
+}
+
+impl Stack {
+    /// Start everything; `base_port` 0 picks free ports.
+    pub async fn start(data_dir: &Path, base_port: u16, opts: StackOptions) -> Result<Stack, String> {
+        let extra = opts.extra_toml.clone();
+        Self::start_inner(data_dir, base_port, opts, move |_| extra).await
+    }
+
+    /// Start on free ports, with extra configuration computed from the URLs.
+    pub async fn start_with_extra(
+        data_dir: &Path,
+        opts: StackOptions,
+        extra: impl FnOnce(&Urls) -> String,
+    ) -> Result<Stack, String> {
+        Self::start_inner(data_dir, 0, opts, extra).await
+    }
+
+    async fn start_inner(
+        data_dir: &Path,
+        base_port: u16,
+        opts: StackOptions,
+        extra: impl FnOnce(&Urls) -> String,
+    ) -> Result<Stack, String> {
+        std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        let port = |n: u16| if base_port == 0 { 0 } else { base_port + n };
+        let ls = [listener(port(0)).await?, listener(port(1)).await?, listener(port(2)).await?, listener(port(3)).await?];
+        let url = |l: &tokio::net::TcpListener| l.local_addr().map(|a| format!("http://{a}")).map_err(|e| e.to_string());
+        let urls = Urls { broker: url(&ls[0])?, idp1: url(&ls[1])?, idp2: url(&ls[2])?, service: url(&ls[3])? };
+        let [l_broker, l_idp1, l_idp2, l_svc] = ls;
+        let db = opts
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("relais.db").display()));
+        let listen = l_broker.local_addr().map_err(|e| e.to_string())?.to_string();
+        let mut text = demo_config(&urls, &listen, &db, &data_dir.join("keys"));
+        text.push_str(&extra(&urls));
+        let config = Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
+        keys::ensure(&config.server.keys_dir.join("citizen"), &[Alg::RS256, Alg::ES256, Alg::EdDSA]).map_err(|e| e.to_string())?;
+        let mut idps = Vec::new();
+        for (n, (l, issuer, name, secret, acr)) in [
+            (l_idp1, &urls.idp1, "Impôts (démo)", "relais-at-impots", &["eidas1", "eidas2"][..]),
+            (l_idp2, &urls.idp2, "Ameli (démo)", "relais-at-ameli", &["eidas1"][..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dir = data_dir.join(format!("idp{}-keys", n + 1));
+            keys::ensure(&dir, &[Alg::ES256]).map_err(|e| e.to_string())?;
+            let ring = Arc::new(KeyRing::open(&dir).map_err(|e| e.to_string())?);
+            let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &urls.broker, acr);
+            cfg.auto_login = opts.auto_login;
+            let idp = DemoIdp::new(cfg, ring);
+            serve_on(l, idp.router());
+            idps.push(idp);
+        }
+        let svc = service::DemoService::new(
+            "Mairie de Démoville",
+            &urls.service,
+            &urls.broker,
+            DEMO_CLIENT_ID,
+            DEMO_CLIENT_SECRET,
+            &["openid", "identite_pivot", "email", "idp_id"],
+        )?;
+        serve_on(l_svc, svc.router());
+        let running = crate::server::start(&config, l_broker).await?;
+        Ok(Stack { urls, state: running.state, idps, config, data_dir: data_dir.to_path_buf() })
+    }
 }
 
 fn idp_config(issuer: &str, name: &str, which: u8, secret: &str, broker: &str, acr: &[&str]) -> DemoIdpConfig {
@@ -86,59 +193,15 @@ fn idp_config(issuer: &str, name: &str, which: u8, secret: &str, broker: &str, a
     }
 }
 
-async fn serve_router(router: axum::Router, port: u16) -> Result<(), String> {
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router).await {
-            tracing::error!(error = %e, "demo server stopped");
-        }
-    });
-    Ok(())
-}
-
 pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let broker = format!("http://127.0.0.1:{port}");
-    let text = demo_config(port, data_dir);
-    let config = Config::from_toml_with_env(&text, std::env::vars()).map_err(|e| e.to_string())?;
-    keys::ensure(&config.server.keys_dir.join("citizen"), &[Alg::RS256, Alg::ES256, Alg::EdDSA]).map_err(|e| e.to_string())?;
-    for (i, (name, secret, acr)) in [
-        ("Impôts (démo)", "relais-at-impots", &["eidas1", "eidas2"][..]),
-        ("Ameli (démo)", "relais-at-ameli", &["eidas1"][..]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let n = i as u16 + 1;
-        let dir = data_dir.join(format!("idp{n}-keys"));
-        keys::ensure(&dir, &[Alg::ES256]).map_err(|e| e.to_string())?;
-        let ring = Arc::new(KeyRing::open(&dir).map_err(|e| e.to_string())?);
-        let issuer = format!("http://127.0.0.1:{}", port + n);
-        let idp = DemoIdp::new(idp_config(&issuer, name, n as u8, secret, &broker, acr), ring);
-        serve_router(idp.router(), port + n).await?;
-    }
-    let svc_url = format!("http://127.0.0.1:{}", port + 3);
-    let svc = service::DemoService::new(
-        "Mairie de Démoville",
-        &svc_url,
-        &broker,
-        DEMO_CLIENT_ID,
-        DEMO_CLIENT_SECRET,
-        &["openid", "identite_pivot", "email", "idp_id"],
-    )?;
-    serve_router(svc.router(), port + 3).await?;
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let running = crate::server::start(&config, listener).await?;
+    let stack = Stack::start(data_dir, port, StackOptions::default()).await?;
+    let u = &stack.urls;
     println!();
     println!("Relais demo is running (data in {}):", data_dir.display());
-    println!("  demo service     {svc_url}      <- open this in a browser");
-    println!("  broker (issuer)  {broker}");
-    println!("  provider Impôts  http://127.0.0.1:{}", port + 1);
-    println!("  provider Ameli   http://127.0.0.1:{}", port + 2);
+    println!("  demo service     {}      <- open this in a browser", u.service);
+    println!("  broker (issuer)  {}", u.broker);
+    println!("  provider Impôts  {}", u.idp1);
+    println!("  provider Ameli   {}", u.idp2);
     println!();
     println!("Test people (login / password):");
     for (which, label) in [(1u8, "Impôts"), (2u8, "Ameli")] {
@@ -154,9 +217,6 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
     }
     println!("The person present at both providers gets the same `sub` at the service either way.");
     println!("Press Ctrl+C to stop.");
-    tokio::select! {
-        _ = running.task => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let _ = tokio::signal::ctrl_c().await;
     Ok(())
 }

@@ -259,14 +259,17 @@ impl Upstream {
                 req = req.add_scope(Scope::new(s.clone()));
             }
         }
-        // Ask for every level this provider has at or above the minimum.
+        // Ask for the weakest level this provider has at or above the minimum
+        // (eIDAS levels are "at least" levels).
         let floor = acr_min
             .and_then(|a| acr_ladder.iter().position(|x| x == a))
             .unwrap_or(0);
-        for a in acr_ladder.iter().skip(floor) {
-            if self.cfg.acr_values.contains(a) {
-                req = req.add_auth_context_value(AuthenticationContextClass::new(a.clone()));
-            }
+        if let Some(a) = acr_ladder
+            .iter()
+            .skip(floor)
+            .find(|a| self.cfg.acr_values.contains(a))
+        {
+            req = req.add_auth_context_value(AuthenticationContextClass::new(a.clone()));
         }
         if let Some(h) = login_hint {
             req = req.set_login_hint(LoginHint::new(h.to_string()));

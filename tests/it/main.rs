@@ -1,0 +1,10 @@
+//! Integration tests: real HTTP on 127.0.0.1 against a real Relais, real demo
+//! identity providers, and the `openidconnect` crate acting as the service.
+//! Every storage-touching test runs on SQLite, and on PostgreSQL when
+//! `RELAIS_TEST_DATABASE_URL` is set.
+
+mod common;
+mod flows;
+mod keys_cli;
+mod negative;
+mod storage;
