@@ -598,6 +598,11 @@ impl DemoIdp {
     }
 
     /// Number of live IdP sessions (so tests can check logout ended them).
+    /// Reload the signing keys from their folder (after a rotation); true if they changed.
+    pub fn reload_keys(&self) -> bool {
+        self.inner.keys.refresh().unwrap_or(false)
+    }
+
     pub fn session_count(&self) -> usize {
         let now = now();
         self.store()

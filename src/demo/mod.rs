@@ -24,7 +24,12 @@ pub struct Urls {
 
 /// Broker configuration used by the demo (and a starting point for operators).
 pub fn demo_config(urls: &Urls, listen: &str, database_url: &str, keys_dir: &Path) -> String {
-    let Urls { broker, idp1, idp2, service: svc } = urls;
+    let Urls {
+        broker,
+        idp1,
+        idp2,
+        service: svc,
+    } = urls;
     format!(
         r#"
 [server]
@@ -110,7 +115,11 @@ fn serve_on(l: tokio::net::TcpListener, router: axum::Router) {
 
 impl Stack {
     /// Start everything; `base_port` 0 picks free ports.
-    pub async fn start(data_dir: &Path, base_port: u16, opts: StackOptions) -> Result<Stack, String> {
+    pub async fn start(
+        data_dir: &Path,
+        base_port: u16,
+        opts: StackOptions,
+    ) -> Result<Stack, String> {
         let extra = opts.extra_toml.clone();
         Self::start_inner(data_dir, base_port, opts, move |_| extra).await
     }
@@ -132,23 +141,57 @@ impl Stack {
     ) -> Result<Stack, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
         let port = |n: u16| if base_port == 0 { 0 } else { base_port + n };
-        let ls = [listener(port(0)).await?, listener(port(1)).await?, listener(port(2)).await?, listener(port(3)).await?];
-        let url = |l: &tokio::net::TcpListener| l.local_addr().map(|a| format!("http://{a}")).map_err(|e| e.to_string());
-        let urls = Urls { broker: url(&ls[0])?, idp1: url(&ls[1])?, idp2: url(&ls[2])?, service: url(&ls[3])? };
+        let ls = [
+            listener(port(0)).await?,
+            listener(port(1)).await?,
+            listener(port(2)).await?,
+            listener(port(3)).await?,
+        ];
+        let url = |l: &tokio::net::TcpListener| {
+            l.local_addr()
+                .map(|a| format!("http://{a}"))
+                .map_err(|e| e.to_string())
+        };
+        let urls = Urls {
+            broker: url(&ls[0])?,
+            idp1: url(&ls[1])?,
+            idp2: url(&ls[2])?,
+            service: url(&ls[3])?,
+        };
         let [l_broker, l_idp1, l_idp2, l_svc] = ls;
         let db = opts
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("relais.db").display()));
-        let listen = l_broker.local_addr().map_err(|e| e.to_string())?.to_string();
+        let listen = l_broker
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
         let mut text = demo_config(&urls, &listen, &db, &data_dir.join("keys"));
         text.push_str(&extra(&urls));
-        let config = Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
-        keys::ensure(&config.server.keys_dir.join("citizen"), &[Alg::RS256, Alg::ES256, Alg::EdDSA]).map_err(|e| e.to_string())?;
+        let config =
+            Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
+        keys::ensure(
+            &config.server.keys_dir.join("citizen"),
+            &[Alg::RS256, Alg::ES256, Alg::EdDSA],
+        )
+        .map_err(|e| e.to_string())?;
         let mut idps = Vec::new();
         for (n, (l, issuer, name, secret, acr)) in [
-            (l_idp1, &urls.idp1, "Impôts (démo)", "relais-at-impots", &["eidas1", "eidas2"][..]),
-            (l_idp2, &urls.idp2, "Ameli (démo)", "relais-at-ameli", &["eidas1"][..]),
+            (
+                l_idp1,
+                &urls.idp1,
+                "Impôts (démo)",
+                "relais-at-impots",
+                &["eidas1", "eidas2"][..],
+            ),
+            (
+                l_idp2,
+                &urls.idp2,
+                "Ameli (démo)",
+                "relais-at-ameli",
+                &["eidas1"][..],
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -172,11 +215,24 @@ impl Stack {
         )?;
         serve_on(l_svc, svc.router());
         let running = crate::server::start(&config, l_broker).await?;
-        Ok(Stack { urls, state: running.state, idps, config, data_dir: data_dir.to_path_buf() })
+        Ok(Stack {
+            urls,
+            state: running.state,
+            idps,
+            config,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 }
 
-fn idp_config(issuer: &str, name: &str, which: u8, secret: &str, broker: &str, acr: &[&str]) -> DemoIdpConfig {
+fn idp_config(
+    issuer: &str,
+    name: &str,
+    which: u8,
+    secret: &str,
+    broker: &str,
+    acr: &[&str],
+) -> DemoIdpConfig {
     DemoIdpConfig {
         issuer: issuer.to_string(),
         name: name.to_string(),
@@ -198,7 +254,10 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
     let u = &stack.urls;
     println!();
     println!("Relais demo is running (data in {}):", data_dir.display());
-    println!("  demo service     {}      <- open this in a browser", u.service);
+    println!(
+        "  demo service     {}      <- open this in a browser",
+        u.service
+    );
     println!("  broker (issuer)  {}", u.broker);
     println!("  provider Impôts  {}", u.idp1);
     println!("  provider Ameli   {}", u.idp2);
@@ -210,8 +269,14 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
                 "  {label:7} {:10} / {:6}  {} {}",
                 p.login,
                 p.password,
-                p.claims.get("given_name").and_then(|v| v.as_str()).unwrap_or(""),
-                p.claims.get("family_name").and_then(|v| v.as_str()).unwrap_or("")
+                p.claims
+                    .get("given_name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(""),
+                p.claims
+                    .get("family_name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
             );
         }
     }

@@ -42,7 +42,14 @@ struct Visit {
 }
 
 impl DemoService {
-    pub fn new(name: &str, base_url: &str, issuer: &str, client_id: &str, client_secret: &str, scopes: &[&str]) -> Result<DemoService, String> {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        issuer: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<DemoService, String> {
         Ok(DemoService {
             inner: Arc::new(Inner {
                 name: name.into(),
@@ -68,7 +75,12 @@ impl DemoService {
     }
 
     fn cookie_name(&self) -> String {
-        format!("demo_svc_{}", self.inner.client_id.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+        format!(
+            "demo_svc_{}",
+            self.inner
+                .client_id
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        )
     }
 
     fn browser(&self, headers: &HeaderMap) -> Option<String> {
@@ -85,7 +97,13 @@ impl DemoService {
 
     fn visit(&self, headers: &HeaderMap) -> Visit {
         self.browser(headers)
-            .and_then(|b| self.inner.sessions.lock().ok().and_then(|m| m.get(&b).cloned()))
+            .and_then(|b| {
+                self.inner
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&b).cloned())
+            })
             .unwrap_or_default()
     }
 
@@ -98,7 +116,19 @@ impl DemoService {
         }
     }
 
-    async fn client(&self) -> Result<CoreClient<openidconnect::EndpointSet, openidconnect::EndpointNotSet, openidconnect::EndpointNotSet, openidconnect::EndpointNotSet, openidconnect::EndpointMaybeSet, openidconnect::EndpointMaybeSet>, String> {
+    async fn client(
+        &self,
+    ) -> Result<
+        CoreClient<
+            openidconnect::EndpointSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointMaybeSet,
+            openidconnect::EndpointMaybeSet,
+        >,
+        String,
+    > {
         let issuer = IssuerUrl::new(self.inner.issuer.clone()).map_err(|e| e.to_string())?;
         let meta = CoreProviderMetadata::discover_async(issuer, &self.inner.http)
             .await
@@ -108,7 +138,10 @@ impl DemoService {
             ClientId::new(self.inner.client_id.clone()),
             Some(ClientSecret::new(self.inner.client_secret.clone())),
         )
-        .set_redirect_uri(RedirectUrl::new(format!("{}/callback", self.inner.base_url)).map_err(|e| e.to_string())?))
+        .set_redirect_uri(
+            RedirectUrl::new(format!("{}/callback", self.inner.base_url))
+                .map_err(|e| e.to_string())?,
+        ))
     }
 }
 
@@ -134,7 +167,9 @@ async fn home(State(svc): State<DemoService>, headers: HeaderMap) -> Response {
                 .and_then(|u| u.get("given_name"))
                 .and_then(|g| g.as_str())
                 .unwrap_or("");
-            let pretty = |j: &serde_json::Value| escape(&serde_json::to_string_pretty(j).unwrap_or_default());
+            let pretty = |j: &serde_json::Value| {
+                escape(&serde_json::to_string_pretty(j).unwrap_or_default())
+            };
             page(
                 name,
                 &format!(
@@ -161,11 +196,21 @@ async fn home(State(svc): State<DemoService>, headers: HeaderMap) -> Response {
 async fn login(State(svc): State<DemoService>, headers: HeaderMap) -> Response {
     let client = match svc.client().await {
         Ok(c) => c,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("Relais is unreachable: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("Relais is unreachable: {e}"),
+            )
+                .into_response()
+        }
     };
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut req = client
-        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
         .set_pkce_challenge(challenge);
     for s in &svc.inner.scopes {
         if s != "openid" {
@@ -173,21 +218,37 @@ async fn login(State(svc): State<DemoService>, headers: HeaderMap) -> Response {
         }
     }
     let (url, state, nonce) = req.url();
-    let browser = svc.browser(&headers).unwrap_or_else(|| crate::crypto::random_token(16));
+    let browser = svc
+        .browser(&headers)
+        .unwrap_or_else(|| crate::crypto::random_token(16));
     let mut v = svc.visit(&headers);
-    v.pending = Some((state.secret().clone(), nonce.secret().clone(), verifier.secret().clone()));
+    v.pending = Some((
+        state.secret().clone(),
+        nonce.secret().clone(),
+        verifier.secret().clone(),
+    ));
     svc.save(&browser, v);
     (
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, url.to_string()),
-            (header::SET_COOKIE, format!("{}={browser}; Path=/; HttpOnly; SameSite=Lax", svc.cookie_name())),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}={browser}; Path=/; HttpOnly; SameSite=Lax",
+                    svc.cookie_name()
+                ),
+            ),
         ],
     )
         .into_response()
 }
 
-async fn callback(State(svc): State<DemoService>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn callback(
+    State(svc): State<DemoService>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some(browser) = svc.browser(&headers) else {
         return page("Erreur", "<p>Session du service absente.</p>");
     };
@@ -263,14 +324,21 @@ async fn logout(State(svc): State<DemoService>, headers: HeaderMap) -> Response 
         &format!("{}/session/end", svc.inner.issuer),
         &[
             ("id_token_hint", hint.as_str()),
-            ("post_logout_redirect_uri", &format!("{}/logged-out", svc.inner.base_url)),
+            (
+                "post_logout_redirect_uri",
+                &format!("{}/logged-out", svc.inner.base_url),
+            ),
             ("state", &state),
         ],
     );
     (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response()
 }
 
-async fn logged_out(State(svc): State<DemoService>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn logged_out(
+    State(svc): State<DemoService>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let v = svc.visit(&headers);
     let ok = v.logout_state.is_some() && v.logout_state.as_ref() == q.get("state");
     page(

@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreIdTokenVerifier, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreIdTokenVerifier, CoreProviderMetadata,
+};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
@@ -81,7 +83,12 @@ impl Env {
         Self::start_with(db, String::new(), vec![], false).await
     }
 
-    pub async fn start_with(db: Option<String>, extra: String, overrides: Vec<(String, String)>, auto_login: bool) -> Env {
+    pub async fn start_with(
+        db: Option<String>,
+        extra: String,
+        overrides: Vec<(String, String)>,
+        auto_login: bool,
+    ) -> Env {
         let dir = temp_dir("stack");
         let (database_url, schema) = match db {
             Some(url) => {
@@ -103,7 +110,9 @@ impl Env {
         // Two-phase: reserve ports by starting with the extra TOML whose IDP2
         // placeholder is replaced inside Stack::start via the callback below.
         let stack = Stack::start_with_extra(&dir, opts, move |urls| {
-            format!("{}{}", EXTRA.replace("IDP2", &urls.idp2), extra)
+            format!("{}{}", EXTRA, extra)
+                .replace("IDP2", &urls.idp2)
+                .replace("IDP1", &urls.idp1)
         })
         .await
         .unwrap_or_else(|e| panic!("stack did not start: {e}"));
@@ -132,7 +141,11 @@ pub struct Browser {
 }
 
 pub enum Step {
-    Page { url: String, status: u16, html: String },
+    Page {
+        url: String,
+        status: u16,
+        html: String,
+    },
     /// The browser was sent to a URL starting with the watched prefix.
     Arrived(String),
 }
@@ -151,7 +164,8 @@ impl Browser {
     /// GET `url` and follow redirects until a page is shown or a URL starting
     /// with `stop` is reached.
     pub async fn go(&self, url: &str, stop: &str) -> Step {
-        self.follow(self.http.get(url).send().await.unwrap(), url, stop).await
+        self.follow(self.http.get(url).send().await.unwrap(), url, stop)
+            .await
     }
 
     pub async fn post(&self, url: &str, form: &[(String, String)], stop: &str) -> Step {
@@ -164,7 +178,11 @@ impl Browser {
         for _ in 0..20 {
             if resp.status().is_redirection() {
                 let loc = resp.headers()["location"].to_str().unwrap().to_string();
-                let next = reqwest::Url::parse(&url).unwrap().join(&loc).unwrap().to_string();
+                let next = reqwest::Url::parse(&url)
+                    .unwrap()
+                    .join(&loc)
+                    .unwrap()
+                    .to_string();
                 if next.starts_with(stop) {
                     return Step::Arrived(next);
                 }
@@ -173,7 +191,11 @@ impl Browser {
                 continue;
             }
             let status = resp.status().as_u16();
-            return Step::Page { url, status, html: resp.text().await.unwrap() };
+            return Step::Page {
+                url,
+                status,
+                html: resp.text().await.unwrap(),
+            };
         }
         panic!("too many redirects from {first}");
     }
@@ -189,7 +211,10 @@ impl Step {
     pub fn arrived(self) -> String {
         match self {
             Step::Arrived(u) => u,
-            Step::Page { url, status, html } => panic!("expected a redirect to the service, got page {url} ({status}):\n{}", &html[..html.len().min(3000)]),
+            Step::Page { url, status, html } => panic!(
+                "expected a redirect to the service, got page {url} ({status}):\n{}",
+                &html[..html.len().min(3000)]
+            ),
         }
     }
 }
@@ -207,7 +232,10 @@ pub fn unescape(s: &str) -> String {
 /// (action, hidden fields) of the first form of a page.
 pub fn form(html: &str) -> (String, Vec<(String, String)>) {
     let start = html.find("<form").expect("no form in page");
-    let end = html[start..].find("</form>").map(|e| start + e).unwrap_or(html.len());
+    let end = html[start..]
+        .find("</form>")
+        .map(|e| start + e)
+        .unwrap_or(html.len());
     let f = &html[start..end];
     let attr = |tag: &str, name: &str| -> Option<String> {
         let key = format!("{name}=\"");
@@ -220,7 +248,10 @@ pub fn form(html: &str) -> (String, Vec<(String, String)>) {
     for part in f.split("<input").skip(1) {
         let tag = &part[..part.find('>').unwrap_or(part.len())];
         if tag.contains("type=\"hidden\"") {
-            hidden.push((attr(tag, "name").unwrap(), attr(tag, "value").unwrap_or_default()));
+            hidden.push((
+                attr(tag, "name").unwrap(),
+                attr(tag, "value").unwrap_or_default(),
+            ));
         }
     }
     (action, hidden)
@@ -253,10 +284,16 @@ pub struct Tokens {
 
 impl Rp {
     pub async fn new(env: &Env, client_id: &str, secret: Option<&str>, redirect_uri: &str) -> Rp {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(env.broker().to_string()).unwrap(), &http)
-            .await
-            .expect("discovery must work for a standard client");
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let meta = CoreProviderMetadata::discover_async(
+            IssuerUrl::new(env.broker().to_string()).unwrap(),
+            &http,
+        )
+        .await
+        .expect("discovery must work for a standard client");
         Rp {
             client_id: client_id.into(),
             secret: secret.map(str::to_string),
@@ -270,10 +307,25 @@ impl Rp {
 
     pub async fn demo(env: &Env) -> Rp {
         let redirect = format!("{}/callback", env.stack.urls.service);
-        Rp::new(env, "demo-service", Some("demo-service-secret-change-me"), &redirect).await
+        Rp::new(
+            env,
+            "demo-service",
+            Some("demo-service-secret-change-me"),
+            &redirect,
+        )
+        .await
     }
 
-    fn client(&self) -> CoreClient<openidconnect::EndpointSet, openidconnect::EndpointNotSet, openidconnect::EndpointNotSet, openidconnect::EndpointNotSet, openidconnect::EndpointMaybeSet, openidconnect::EndpointMaybeSet> {
+    fn client(
+        &self,
+    ) -> CoreClient<
+        openidconnect::EndpointSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointMaybeSet,
+        openidconnect::EndpointMaybeSet,
+    > {
         CoreClient::from_provider_metadata(
             self.meta.clone(),
             ClientId::new(self.client_id.clone()),
@@ -288,7 +340,11 @@ impl Rp {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let client = self.client();
         let mut req = client
-            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
             .set_pkce_challenge(challenge);
         for s in scopes {
             req = req.add_scope(Scope::new(s.to_string()));
@@ -297,7 +353,12 @@ impl Rp {
             req = req.add_extra_param(*k, *v);
         }
         let (url, state, nonce) = req.url();
-        Auth { url: url.to_string(), state: state.secret().clone(), nonce: nonce.secret().clone(), verifier: verifier.secret().clone() }
+        Auth {
+            url: url.to_string(),
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            verifier: verifier.secret().clone(),
+        }
     }
 
     /// Check the redirect (state, iss) and return the code.
@@ -306,8 +367,14 @@ impl Rp {
         let q: std::collections::HashMap<String, String> = u.query_pairs().into_owned().collect();
         assert!(arrived.starts_with(&self.redirect_uri), "{arrived}");
         assert_eq!(q.get("state"), Some(&auth.state), "state must come back");
-        assert_eq!(q.get("iss"), Some(&self.issuer), "iss must be sent (RFC 9207)");
-        q.get("code").unwrap_or_else(|| panic!("no code in {arrived}")).clone()
+        assert_eq!(
+            q.get("iss"),
+            Some(&self.issuer),
+            "iss must be sent (RFC 9207)"
+        );
+        q.get("code")
+            .unwrap_or_else(|| panic!("no code in {arrived}"))
+            .clone()
     }
 
     /// Exchange the code and verify the ID token with the openidconnect crate.
@@ -329,7 +396,9 @@ impl Rp {
             openidconnect::core::CoreJwsSigningAlgorithm::EcdsaP256Sha256,
             openidconnect::core::CoreJwsSigningAlgorithm::EdDsa,
         ]);
-        let claims = id_token.claims(&verifier, &Nonce::new(auth.nonce.clone())).map_err(|e| e.to_string())?;
+        let claims = id_token
+            .claims(&verifier, &Nonce::new(auth.nonce.clone()))
+            .map_err(|e| e.to_string())?;
         // at_hash checked by the independent library too.
         if let Some(expected) = claims.access_token_hash() {
             let actual = openidconnect::AccessTokenHash::from_token(
@@ -346,25 +415,45 @@ impl Rp {
         }
         let raw = id_token.to_string();
         let claims = relais::federation::decode_payload(&raw).ok_or("payload")?;
-        Ok(Tokens { id_token: raw, claims, access_token: resp.access_token().secret().clone() })
+        Ok(Tokens {
+            id_token: raw,
+            claims,
+            access_token: resp.access_token().secret().clone(),
+        })
     }
 
     pub async fn userinfo(&self, access_token: &str) -> reqwest::Response {
-        self.http.get(format!("{}/userinfo", self.issuer)).bearer_auth(access_token).send().await.unwrap()
+        self.http
+            .get(format!("{}/userinfo", self.issuer))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
 /// Complete the provider choice, upstream login and consent for `login` at
 /// `provider`, starting from the authorization URL. Returns where the
 /// browser was finally sent (the service's redirect URI).
-pub async fn sign_in(browser: &Browser, auth_url: &str, redirect_uri: &str, provider: &str, login: &str) -> String {
+pub async fn sign_in(
+    browser: &Browser,
+    auth_url: &str,
+    redirect_uri: &str,
+    provider: &str,
+    login: &str,
+) -> String {
     let mut step = browser.go(auth_url, redirect_uri).await;
     loop {
         let (url, status, html) = match step {
             Step::Arrived(u) => return u,
             Step::Page { url, status, html } => (url, status, html),
         };
-        assert_eq!(status, 200, "unexpected page {url}:\n{}", &html[..html.len().min(3000)]);
+        assert_eq!(
+            status,
+            200,
+            "unexpected page {url}:\n{}",
+            &html[..html.len().min(3000)]
+        );
         let (action, mut fields) = form(&html);
         if html.contains("name=\"provider\"") {
             fields.push(("provider".into(), provider.into()));
@@ -380,16 +469,30 @@ pub async fn sign_in(browser: &Browser, auth_url: &str, redirect_uri: &str, prov
         } else {
             panic!("unknown page {url}:\n{html}");
         }
-        let action = reqwest::Url::parse(&url).unwrap().join(&action).unwrap().to_string();
+        let action = reqwest::Url::parse(&url)
+            .unwrap()
+            .join(&action)
+            .unwrap()
+            .to_string();
         step = browser.post(&action, &fields, redirect_uri).await;
     }
 }
 
 /// Sign in through the demo service client and exchange the code.
-pub async fn full_sign_in(env: &Env, rp: &Rp, browser: &Browser, provider: &str, login: &str, scopes: &[&str], extra: &[(&str, &str)]) -> Tokens {
+pub async fn full_sign_in(
+    env: &Env,
+    rp: &Rp,
+    browser: &Browser,
+    provider: &str,
+    login: &str,
+    scopes: &[&str],
+    extra: &[(&str, &str)],
+) -> Tokens {
     let auth = rp.authorize(scopes, extra);
     let arrived = sign_in(browser, &auth.url, &rp.redirect_uri, provider, login).await;
     let code = rp.code_from(&arrived, &auth);
     let _ = env;
-    rp.exchange(&code, &auth).await.unwrap_or_else(|e| panic!("exchange failed: {e}"))
+    rp.exchange(&code, &auth)
+        .await
+        .unwrap_or_else(|e| panic!("exchange failed: {e}"))
 }

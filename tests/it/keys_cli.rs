@@ -9,7 +9,14 @@ fn relais(args: &[&str], config: &std::path::Path) -> (bool, String) {
         .env("RELAIS_CONFIG", config)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -23,7 +30,12 @@ fn keys_generate_list_rotate_and_config_check() {
         service: "http://127.0.0.1:4".into(),
     };
     let cfg = dir.join("relais.toml");
-    let text = relais::demo::demo_config(&urls, "127.0.0.1:0", &format!("sqlite://{}", dir.join("db").display()), &dir.join("keys"));
+    let text = relais::demo::demo_config(
+        &urls,
+        "127.0.0.1:0",
+        &format!("sqlite://{}", dir.join("db").display()),
+        &dir.join("keys"),
+    );
     std::fs::write(&cfg, text).unwrap();
 
     let (ok, out) = relais(&["config", "check"], &cfg);
@@ -36,20 +48,42 @@ fn keys_generate_list_rotate_and_config_check() {
     let (ok, out) = relais(&["config", "check"], &cfg);
     assert!(ok, "{out}");
     let (ok, out) = relais(&["keys", "generate", "--alg", "ES256"], &cfg);
-    assert!(ok && out.contains("/next/"), "second key is the next one: {out}");
+    assert!(
+        ok && out.contains("/next/"),
+        "second key is the next one: {out}"
+    );
     let (_, before) = relais(&["keys", "list"], &cfg);
-    let next_kid = before.lines().find(|l| l.starts_with("next") && l.contains("ES256")).unwrap().split_whitespace().nth(2).unwrap().to_string();
+    let next_kid = before
+        .lines()
+        .find(|l| l.starts_with("next") && l.contains("ES256"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
     let (ok, out) = relais(&["keys", "rotate", "--alg", "ES256"], &cfg);
     assert!(ok, "{out}");
     let (_, after) = relais(&["keys", "list"], &cfg);
-    let active = after.lines().find(|l| l.starts_with("active") && l.contains("ES256")).unwrap();
-    assert!(active.contains(&next_kid), "next became active:\n{before}\n{after}");
+    let active = after
+        .lines()
+        .find(|l| l.starts_with("active") && l.contains("ES256"))
+        .unwrap();
+    assert!(
+        active.contains(&next_kid),
+        "next became active:\n{before}\n{after}"
+    );
     assert!(after.lines().any(|l| l.starts_with("retired")), "{after}");
     let (ok, out) = relais(&["keys", "generate", "--alg", "HS256"], &cfg);
     assert!(!ok && out.contains("unknown algorithm"), "{out}");
 
     // An unknown field is explained.
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[server]", "[server]\nlisten_port = 1")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[server]", "[server]\nlisten_port = 1"),
+    )
+    .unwrap();
     let (ok, out) = relais(&["config", "check"], &cfg);
     assert!(!ok && out.contains("unknown field"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
