@@ -471,13 +471,28 @@ impl Config {
                 if c.redirect_uris.is_empty() {
                     errs.push(format!("{}: at least one", at("redirect_uris")));
                 }
-                for u in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
-                    match url::Url::parse(u) {
-                        Ok(p) if p.fragment().is_none() => {}
-                        _ => errs.push(format!(
-                            "{}: {u:?} is not an absolute URL without fragment",
-                            at("redirect_uris")
-                        )),
+                for (field, list) in [
+                    ("redirect_uris", &c.redirect_uris),
+                    ("post_logout_redirect_uris", &c.post_logout_redirect_uris),
+                ] {
+                    for u in list {
+                        match url::Url::parse(u) {
+                            Ok(p) if p.fragment().is_none() => {}
+                            _ => errs.push(format!(
+                                "{}: {u:?} is not an absolute URL without fragment",
+                                at(field)
+                            )),
+                        }
+                    }
+                }
+                if let Some(s) = &c.client_secret {
+                    if s.starts_with("$argon2")
+                        && argon2::password_hash::PasswordHash::new(s).is_err()
+                    {
+                        errs.push(format!(
+                            "{}: not a valid argon2 PHC string",
+                            at("client_secret")
+                        ));
                     }
                 }
                 for s in &c.scopes {

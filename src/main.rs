@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!(addr = %running.addr, ready_ms = started.elapsed().as_millis() as u64, "relais ready");
             tokio::select! {
                 _ = running.task => {}
-                _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+                _ = shutdown_signal() => tracing::info!("shutting down"),
             }
             Ok(())
         }
@@ -255,6 +255,29 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{n} people loaded into the registry");
             Ok(())
         }
+    }
+}
+
+/// Ctrl+C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -155,10 +155,11 @@ async fn serve_tls(listener: TcpListener, app: axum::Router, tls: Arc<rustls::Se
 pub async fn import_registry(config: &Config, csv: &str) -> Result<usize, String> {
     let records = crate::identity::parse_registry_csv(csv)?;
     let store = open_store(config).await?;
-    let rows: Vec<(String, String)> = records
+    let rows: Vec<(String, String, String)> = records
         .iter()
         .map(|r| {
             (
+                r.identity.identity_key(),
                 crate::identity::registry_lookup_key(&r.identity),
                 crate::provider::authorize::record_json(r),
             )

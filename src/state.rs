@@ -119,7 +119,13 @@ fn sector_of(c: &ClientConfig) -> String {
     c.redirect_uris
         .first()
         .and_then(|u| url::Url::parse(u).ok())
-        .and_then(|u| u.host_str().map(str::to_string))
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            })
+        })
         .unwrap_or_else(|| c.client_id.clone())
 }
 
@@ -129,21 +135,26 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
     let mut federations = Vec::new();
     for (id, f) in &config.federations {
         let dir = config.server.keys_dir.join(id);
-        let keys = KeyRing::open(&dir).map_err(|e| format!("federation {id}: keys: {e}"))?;
-        let set = keys.get();
-        for a in &f.signing_algs {
-            let alg = Alg::parse(a).ok_or_else(|| format!("unknown alg {a}"))?;
-            if set.signer(alg).is_none() {
-                return Err(format!(
-                    "federation {id}: no active {alg} key in {} — run `relais keys generate --federation {id} --alg {alg}`",
-                    dir.display()
-                ));
-            }
-        }
+        let algs: Vec<Alg> = f
+            .signing_algs
+            .iter()
+            .filter_map(|a| Alg::parse(a))
+            .collect();
+        let keys = KeyRing::open_requiring(&dir, &algs).map_err(|e| {
+            format!("federation {id}: keys: {e} (relais keys generate --federation {id} --alg …)")
+        })?;
         let mut clients = HashMap::new();
         for c in &f.clients {
             let secret_hash = match &c.client_secret {
-                Some(s) if is_phc(s) => Some(s.clone()),
+                Some(s) if is_phc(s) => {
+                    argon2::password_hash::PasswordHash::new(s).map_err(|e| {
+                        format!(
+                            "client {}: client_secret is not a valid argon2 PHC string: {e}",
+                            c.client_id
+                        )
+                    })?;
+                    Some(s.clone())
+                }
                 Some(s) => {
                     tracing::warn!(client = %c.client_id, "plaintext client secret in configuration, hashed at start; store an argon2id hash instead (relais hash-secret)");
                     Some(hash_secret(s)?)

@@ -19,7 +19,7 @@ const SKIP_MESSAGE: &str = "SKIPPED: browser test: chromedriver/chromium not ins
 /// How long to wait for a page element to appear.
 const WAIT: Duration = Duration::from_secs(20);
 /// W3C WebDriver key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a932-00e53b6f5ebc";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_sign_in_consent_logout_and_sign_in_again() {
@@ -190,7 +190,8 @@ fn browser_tools() -> Option<Tools> {
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "browser test: missing {} with CI=true: {SKIP_MESSAGE}",
+            "browser test: CI=true but chromedriver/chromium not installed (missing: {}); \
+             install them with: apt-get install chromium chromium-driver",
             missing.join(", ")
         );
     }

@@ -53,6 +53,7 @@ CREATE TABLE tokens (
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX tokens_grant ON tokens (grant_id);
+CREATE INDEX tokens_session ON tokens (session_id);
 CREATE INDEX tokens_expiry ON tokens (expires_at);
 
 CREATE TABLE used_jti (
@@ -73,6 +74,8 @@ CREATE TABLE consents (
 );
 
 CREATE TABLE registry_people (
-    lookup_key TEXT PRIMARY KEY,
+    identity_key TEXT PRIMARY KEY,
+    lookup_key TEXT NOT NULL,
     record TEXT NOT NULL
 );
+CREATE INDEX registry_people_lookup ON registry_people (lookup_key);

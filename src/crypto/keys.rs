@@ -206,14 +206,23 @@ impl KeySet {
 pub struct KeyRing {
     dir: PathBuf,
     current: RwLock<Arc<KeySet>>,
+    required: Vec<Alg>,
 }
 
 impl KeyRing {
     pub fn open(dir: &Path) -> Result<KeyRing, KeyError> {
+        Self::open_requiring(dir, &[])
+    }
+
+    /// Open, and refuse (now and at every reload) a key set without an active
+    /// key for each of `required`.
+    pub fn open_requiring(dir: &Path, required: &[Alg]) -> Result<KeyRing, KeyError> {
         let set = KeySet::load(dir)?;
+        check_required(&set, dir, required)?;
         Ok(KeyRing {
             dir: dir.to_path_buf(),
             current: RwLock::new(Arc::new(set)),
+            required: required.to_vec(),
         })
     }
 
@@ -241,12 +250,25 @@ impl KeyRing {
                 self.dir.display()
             )));
         }
+        check_required(&set, &self.dir, &self.required)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),
         }
         Ok(true)
     }
+}
+
+fn check_required(set: &KeySet, dir: &Path, required: &[Alg]) -> Result<(), KeyError> {
+    for alg in required {
+        if set.signer(*alg).is_none() {
+            return Err(KeyError::Missing(format!(
+                "{}: no active {alg} key — run `relais keys generate --alg {alg}`",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn write_key(dir: &Path, status: KeyStatus, alg: Alg) -> Result<PathBuf, KeyError> {
@@ -314,9 +336,20 @@ pub fn ensure(dir: &Path, algs: &[Alg]) -> Result<Vec<PathBuf>, KeyError> {
     Ok(made)
 }
 
+/// What `rotate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// next -> active, active -> retired, new next.
+    Rotated,
+    /// There was no next key: one was created (and published) so that the
+    /// next rotation can promote it without invalidating anyone's JWKS cache.
+    NextCreated,
+}
+
 /// Rotate `alg`: retired keys are deleted, active -> retired, next -> active,
-/// and a new next key is generated.
-pub fn rotate(dir: &Path, alg: Alg) -> Result<(), KeyError> {
+/// and a new next key is generated. A key is never made active before it was
+/// published as the next key.
+pub fn rotate(dir: &Path, alg: Alg) -> Result<Rotation, KeyError> {
     let files = key_files(dir)?;
     let mine = |s: KeyStatus| {
         files
@@ -326,7 +359,7 @@ pub fn rotate(dir: &Path, alg: Alg) -> Result<(), KeyError> {
     };
     if mine(KeyStatus::Next).next().is_none() {
         write_key(dir, KeyStatus::Next, alg)?;
-        return rotate(dir, alg);
+        return Ok(Rotation::NextCreated);
     }
     for p in mine(KeyStatus::Retired) {
         std::fs::remove_file(&p).map_err(|e| KeyError::Io(p.clone(), e))?;
@@ -344,7 +377,7 @@ pub fn rotate(dir: &Path, alg: Alg) -> Result<(), KeyError> {
         move_to(&p, KeyStatus::Active)?;
     }
     write_key(dir, KeyStatus::Next, alg)?;
-    Ok(())
+    Ok(Rotation::Rotated)
 }
 
 #[cfg(test)]

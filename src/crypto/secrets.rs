@@ -68,6 +68,23 @@ impl VerifiedCache {
         out
     }
 
+    /// Whether this exact (client, stored hash, secret) was verified before.
+    pub fn is_cached(&self, client_id: &str, phc: &str, presented: &str) -> bool {
+        let tag = self.tag(client_id, phc, presented);
+        self.seen.lock().map(|s| s.contains(&tag)).unwrap_or(false)
+    }
+
+    /// Remember a successful full verification.
+    pub fn remember(&self, client_id: &str, phc: &str, presented: &str) {
+        let tag = self.tag(client_id, phc, presented);
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= self.capacity {
+                seen.clear();
+            }
+            seen.insert(tag);
+        }
+    }
+
     /// Verify `presented` against `phc`, using the cache when possible.
     /// Returns (valid, cache_hit).
     pub fn verify(&self, client_id: &str, phc: &str, presented: &str) -> (bool, bool) {

@@ -241,6 +241,7 @@ impl Upstream {
         acr_ladder: &[String],
         login_hint: Option<&str>,
         force_login: bool,
+        max_age: Option<i64>,
         interaction: &str,
         session: &str,
     ) -> Result<(String, String, PendingUpstream), UpstreamError> {
@@ -276,6 +277,9 @@ impl Upstream {
         }
         if force_login {
             req = req.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
+        }
+        if let Some(m) = max_age {
+            req = req.set_max_age(Duration::from_secs(m.max(0) as u64));
         }
         let (url, state, nonce) = req.url();
         Ok((

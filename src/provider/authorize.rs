@@ -363,7 +363,7 @@ fn sso_usable(ctx: &Ctx, req: &AuthRequest, authn: &Authn) -> bool {
         return false;
     }
     if let Some(m) = req.max_age {
-        if ctx.now() - authn.auth_time > m {
+        if m == 0 || ctx.now() - authn.auth_time > m {
             return false;
         }
     }
@@ -524,6 +524,7 @@ async fn start_upstream(
             &fed.cfg.acr_values,
             inter.req.login_hint.as_deref(),
             force_login,
+            inter.req.max_age,
             interaction_id,
             &inter.session,
         )
@@ -743,7 +744,7 @@ pub async fn callback(
         tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = %e, "invalid pivot identity");
         fail("invalid_identity", StatusCode::BAD_GATEWAY)
     })?;
-    registry_check(&ctx, &identity, lang, back.clone()).await?;
+    registry_check(&ctx, &identity, &inter.req).await?;
     tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
 
     // New session id after authentication (session fixation).
@@ -800,22 +801,21 @@ pub async fn callback(
 async fn registry_check(
     ctx: &Ctx,
     identity: &PivotIdentity,
-    lang: Lang,
-    back: Option<String>,
+    req: &AuthRequest,
 ) -> Result<(), AppError> {
     if ctx.fed.cfg.registry != crate::config::RegistryKind::Table {
         return Ok(());
     }
-    let outcome = match ctx
-        .app
-        .store
-        .registry_get(&registry_lookup_key(identity))
-        .await
-    {
-        Ok(raw) => {
-            let record: Option<RegistryRecord> = raw.and_then(|r| stored_record(&r));
-            registry_outcome(identity, record.as_ref())
-        }
+    let store = &ctx.app.store;
+    let outcome = match store.registry_get(&identity.identity_key()).await {
+        Ok(Some(raw)) => registry_outcome(identity, stored_record(&raw).as_ref()),
+        Ok(None) => match store.registry_similar(&registry_lookup_key(identity)).await {
+            Ok(similar) => {
+                let record = similar.iter().find_map(|r| stored_record(r));
+                registry_outcome(identity, record.as_ref())
+            }
+            Err(e) => RegistryOutcome::Unavailable(e.to_string()),
+        },
         Err(e) => RegistryOutcome::Unavailable(e.to_string()),
     };
     match outcome {
@@ -823,15 +823,20 @@ async fn registry_check(
         RegistryOutcome::Unavailable(e) => {
             tracing::warn!(event = "registry_check", error = %e, "registry unavailable");
             Err(ctx.page_error(
-                lang,
+                req.lang,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                back.map(|b| b.replace("error=access_denied", "error=temporarily_unavailable")),
+                Some(ctx.back_url(req, "temporarily_unavailable")),
             ))
         }
         other => {
             tracing::info!(event = "registry_check", outcome = ?other, "registry refused the identity");
-            Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "registry_refused", back))
+            Err(ctx.page_error(
+                req.lang,
+                StatusCode::FORBIDDEN,
+                "registry_refused",
+                Some(ctx.back_url(req, "access_denied")),
+            ))
         }
     }
 }

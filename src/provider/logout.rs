@@ -22,20 +22,26 @@ struct LogoutFlow {
     session: Option<String>,
 }
 
-/// Client id of a valid `id_token_hint` signed by this federation.
-fn verify_hint(ctx: &Ctx, hint: &str) -> Option<String> {
+/// (client id, sid) of a valid `id_token_hint` signed by this federation.
+fn verify_hint(ctx: &Ctx, hint: &str) -> Option<(String, Option<String>)> {
     let keys = ctx.fed.keys.get();
     let u = keys.verify(hint).ok()?;
     if u.claims.get("iss").and_then(Value::as_str) != Some(ctx.fed.issuer.as_str()) {
         return None;
     }
-    match u.claims.get("aud") {
+    let sid = u
+        .claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let aud = match u.claims.get("aud") {
         Some(Value::String(a)) => Some(a.clone()),
         Some(Value::Array(list)) if list.len() == 1 => {
             list.first().and_then(Value::as_str).map(str::to_string)
         }
         _ => None,
-    }
+    };
+    aud.map(|a| (a, sid))
 }
 
 pub async fn end_session_get(
@@ -72,36 +78,14 @@ async fn end_session(
     let client_id = params
         .get("id_token_hint")
         .and_then(|h| verify_hint(&ctx, h));
-    let client_id = match (client_id, params.get("client_id")) {
-        (Some(a), Some(c)) if a != c => None,
+    let hint = match (client_id, params.get("client_id")) {
+        (Some((a, _)), Some(c)) if a != c => None,
         (hint, _) => hint,
     };
     let fed = &ctx.fed;
-    let Some(client_id) = client_id else {
+    let Some((client_id, hint_sid)) = hint else {
         // No valid hint: ask the person, and never redirect anywhere afterwards.
-        let sid = cookies.session_id(fed);
-        let id = random_token(24);
-        let flow = LogoutFlow {
-            return_to: None,
-            state: None,
-            lang,
-            session: sid,
-        };
-        ctx.app
-            .store
-            .put(
-                Kind::Logout,
-                &id,
-                &fed.id,
-                &serde_json::to_string(&flow).map_err(AppError::internal)?,
-                ctx.now() + 600,
-            )
-            .await?;
-        return ctx.page(
-            lang,
-            "logout_confirm.html",
-            minijinja::context! { action => fed.url("/session/end"), csrf => id },
-        );
+        return ask_confirmation(&ctx, &cookies, lang, None, None).await;
     };
     let return_to = match params.get("post_logout_redirect_uri") {
         Some(uri) => {
@@ -121,14 +105,61 @@ async fn end_session(
         }
         None => None,
     };
+    let state = params.get("state").map(str::to_string);
+    // The hint must name this browser's session; a hint from another session
+    // (someone else's token) only earns a confirmation page.
+    if let Some(sid) = cookies.session_id(fed) {
+        let current = load_session(&ctx, &sid)
+            .await?
+            .and_then(|s| s.authn)
+            .map(|a| a.sid);
+        if current.is_some() && current != hint_sid {
+            return ask_confirmation(&ctx, &cookies, lang, return_to, state).await;
+        }
+    }
     let flow = LogoutFlow {
         return_to,
-        state: params.get("state").map(str::to_string),
+        state,
         lang,
         session: None,
     };
     tracing::info!(event = "logout", federation = %fed.id, client = %client_id, "logout requested by service");
     finish_logout(&ctx, &cookies, flow).await
+}
+
+/// Ask the person to confirm; afterwards only a verified return address is used.
+async fn ask_confirmation(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    lang: Lang,
+    return_to: Option<String>,
+    state: Option<String>,
+) -> Result<Response, AppError> {
+    let fed = &ctx.fed;
+    let id = random_token(24);
+    let flow = LogoutFlow {
+        return_to,
+        state,
+        lang,
+        session: cookies.session_id(fed),
+    };
+    {
+        ctx.app
+            .store
+            .put(
+                Kind::Logout,
+                &id,
+                &fed.id,
+                &serde_json::to_string(&flow).map_err(AppError::internal)?,
+                ctx.now() + 600,
+            )
+            .await?;
+        return ctx.page(
+            lang,
+            "logout_confirm.html",
+            minijinja::context! { action => fed.url("/session/end"), csrf => id },
+        );
+    }
 }
 
 async fn confirm(
@@ -171,6 +202,8 @@ async fn finish_logout(
             }
         }
         ctx.app.store.delete(Kind::Session, &sid, &fed.id).await?;
+        let revoked = ctx.app.store.revoke_session_tokens(&fed.id, &sid).await?;
+        tracing::info!(event = "session_ended", federation = %fed.id, tokens_revoked = revoked, "broker session ended");
     }
     let mut resp = if let Some((endpoint, hint, upstream_client)) = upstream {
         let id = random_token(24);

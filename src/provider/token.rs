@@ -97,29 +97,50 @@ async fn authenticate<'a>(
     let client = ctx.fed.clients.get(&claimed_id).ok_or_else(bad)?;
     let limiter_key = format!("{}:{}", ctx.fed.id, claimed_id);
     let now = ctx.now();
-    if LIMITER.blocked(&limiter_key, now) {
-        return Err(AppError::oauth(
-            "invalid_client",
-            "too many failed attempts, try again in a minute",
-        ));
-    }
+    let secret = match client.cfg.token_endpoint_auth_method {
+        ClientAuthMethod::ClientSecretBasic => basic.as_ref().map(|(_, s)| s.clone()),
+        ClientAuthMethod::ClientSecretPost if basic.is_none() => {
+            form.get("client_secret").map(str::to_string)
+        }
+        _ => None,
+    };
     let result = match client.cfg.token_endpoint_auth_method {
-        ClientAuthMethod::ClientSecretBasic => match (&basic, client.secret_hash.as_deref()) {
-            (Some((_, secret)), Some(phc)) => {
-                ctx.app.secrets.verify(&client.cfg.client_id, phc, secret).0
+        ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
+            match (secret, client.secret_hash.clone()) {
+                (Some(secret), Some(phc)) => {
+                    // A secret already verified costs one HMAC; anything else
+                    // pays a full argon2 run, off the async workers, and is
+                    // throttled per client after repeated failures (the
+                    // throttle never blocks a secret already verified).
+                    if ctx
+                        .app
+                        .secrets
+                        .is_cached(&client.cfg.client_id, &phc, &secret)
+                    {
+                        true
+                    } else if LIMITER.blocked(&limiter_key, now) {
+                        return Err(AppError::oauth(
+                            "invalid_client",
+                            "too many failed attempts, try again in a minute",
+                        ));
+                    } else {
+                        let (p, s) = (phc.clone(), secret.clone());
+                        let ok = tokio::task::spawn_blocking(move || {
+                            crate::crypto::secrets::verify_secret(&p, &s)
+                        })
+                        .await
+                        .map_err(AppError::internal)?;
+                        if ok {
+                            ctx.app
+                                .secrets
+                                .remember(&client.cfg.client_id, &phc, &secret);
+                        }
+                        ok
+                    }
+                }
+                _ => false,
             }
-            _ => false,
-        },
-        ClientAuthMethod::ClientSecretPost => match (
-            form.get("client_secret"),
-            client.secret_hash.as_deref(),
-            &basic,
-        ) {
-            (Some(secret), Some(phc), None) => {
-                ctx.app.secrets.verify(&client.cfg.client_id, phc, secret).0
-            }
-            _ => false,
-        },
+        }
         ClientAuthMethod::PrivateKeyJwt => match (assertion, form.get("client_assertion_type")) {
             (Some(a), Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"))
                 if basic.is_none() =>

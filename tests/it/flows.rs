@@ -700,3 +700,31 @@ acr_values = ["eidas1", "eidas2"]
     assert_eq!(t.claims["aud"], "demo-service");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hint_from_another_session_needs_confirmation() {
+    let env = Env::start(None).await;
+    let rp = Rp::demo(&env).await;
+    let victim = Browser::new();
+    full_sign_in(&env, &rp, &victim, "impots", "angela", PIVOT, &[]).await;
+    let attacker = full_sign_in(&env, &rp, &Browser::new(), "ameli", "marie", PIVOT, &[]).await;
+    let back = format!("{}/logged-out", env.stack.urls.service);
+    let url = relais::error::with_query(
+        &format!("{}/session/end", env.broker()),
+        &[
+            ("id_token_hint", &attacker.id_token),
+            ("post_logout_redirect_uri", &back),
+        ],
+    );
+    let (_, status, html) = victim.go(&url, &back).await.page();
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("name=\"decision\""),
+        "confirmation asked:\n{html}"
+    );
+    // The victim's session is still there.
+    let auth = rp.authorize(PIVOT, &[("prompt", "none")]);
+    let arrived = victim.go(&auth.url, &rp.redirect_uri).await.arrived();
+    assert!(arrived.contains("code="), "{arrived}");
+    env.cleanup().await;
+}

@@ -7,4 +7,5 @@ mod common;
 mod flows;
 mod keys_cli;
 mod negative;
+mod serve;
 mod storage;

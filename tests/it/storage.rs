@@ -170,13 +170,17 @@ async fn short_lived_rows_codes_tokens_jti_registry_and_purge() {
             .await
             .unwrap();
         assert_eq!(s.count_consents("citizen", "svc").await.unwrap(), 1);
-        s.registry_put(&[("key".into(), "v1".into())])
+        s.registry_put(&[("key".into(), "look".into(), "v1".into())])
             .await
             .unwrap();
-        s.registry_put(&[("key".into(), "v2".into())])
-            .await
-            .unwrap();
+        s.registry_put(&[
+            ("key".into(), "look".into(), "v2".into()),
+            ("key2".into(), "look".into(), "v3".into()),
+        ])
+        .await
+        .unwrap();
         assert_eq!(s.registry_get("key").await.unwrap().as_deref(), Some("v2"));
+        assert_eq!(s.registry_similar("look").await.unwrap().len(), 2);
 
         // purge
         s.put(Kind::Session, "old", "citizen", "{}", now - 5)
