@@ -143,23 +143,21 @@ async fn ask_confirmation(
         lang,
         session: cookies.session_id(fed),
     };
-    {
-        ctx.app
-            .store
-            .put(
-                Kind::Logout,
-                &id,
-                &fed.id,
-                &serde_json::to_string(&flow).map_err(AppError::internal)?,
-                ctx.now() + 600,
-            )
-            .await?;
-        return ctx.page(
-            lang,
-            "logout_confirm.html",
-            minijinja::context! { action => fed.url("/session/end"), csrf => id },
-        );
-    }
+    ctx.app
+        .store
+        .put(
+            Kind::Logout,
+            &id,
+            &fed.id,
+            &serde_json::to_string(&flow).map_err(AppError::internal)?,
+            ctx.now() + 600,
+        )
+        .await?;
+    ctx.page(
+        lang,
+        "logout_confirm.html",
+        minijinja::context! { action => fed.url("/session/end"), csrf => id },
+    )
 }
 
 async fn confirm(
