@@ -50,6 +50,31 @@ enum Cmd {
     },
     /// Hash a client secret (read from standard input) as an argon2id PHC string.
     HashSecret,
+    /// Load tool: drive complete sign-ins (or one endpoint) against a Relais it starts.
+    Bench {
+        /// signin, signin-choice, userinfo, discovery or jwks.
+        #[arg(long, default_value = "signin")]
+        mode: String,
+        /// PostgreSQL URL; default: a temporary SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// ID token algorithm of the simulated services (RS256, ES256, EdDSA).
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Database pool size of the Relais under test.
+        #[arg(long, default_value_t = 16)]
+        max_connections: u32,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Identity registry (RNIPP-like check) tools.
     Registry {
         #[command(subcommand)]
@@ -243,6 +268,37 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let h = relais::crypto::secrets::hash_secret(s.trim_end_matches(['\n', '\r']))?;
             println!("{h}");
+            Ok(())
+        }
+        Cmd::Bench {
+            mode,
+            database_url,
+            concurrency,
+            duration,
+            warmup,
+            alg,
+            max_connections,
+            output,
+        } => {
+            let mode = relais::bench::Mode::parse(&mode)
+                .ok_or_else(|| format!("unknown mode {mode:?}"))?;
+            let report = relais::bench::run(relais::bench::Options {
+                database_url,
+                concurrency: concurrency.max(1),
+                duration: std::time::Duration::from_secs(duration.max(1)),
+                warmup: std::time::Duration::from_secs(warmup),
+                mode,
+                output: output.clone(),
+                alg: parse_alg(&alg)?,
+                max_connections,
+            })
+            .await?;
+            relais::bench::print(&report);
+            if let Some(path) = output {
+                std::fs::write(&path, relais::bench::to_json(&report))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                println!("report written to {}", path.display());
+            }
             Ok(())
         }
         Cmd::Registry {

@@ -124,6 +124,18 @@ async fn authenticate<'a>(
                             "too many failed attempts, try again in a minute",
                         ));
                     } else {
+                        // At most one argon2 run per core at a time: each one
+                        // takes ~19 MiB, and a burst of first requests (or of
+                        // wrong secrets) must not multiply that.
+                        let _permit = ARGON2_SLOTS.acquire().await.map_err(AppError::internal)?;
+                        // Another request may have verified it while we waited.
+                        if ctx
+                            .app
+                            .secrets
+                            .is_cached(&client.cfg.client_id, &phc, &secret)
+                        {
+                            return Ok(client);
+                        }
                         let (p, s) = (phc.clone(), secret.clone());
                         let ok = tokio::task::spawn_blocking(move || {
                             crate::crypto::secrets::verify_secret(&p, &s)
@@ -159,6 +171,14 @@ async fn authenticate<'a>(
     }
     Ok(client)
 }
+
+static ARGON2_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    )
+});
 
 static LIMITER: std::sync::LazyLock<FailureLimiter> =
     std::sync::LazyLock::new(FailureLimiter::default);

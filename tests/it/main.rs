@@ -3,6 +3,7 @@
 //! Every storage-touching test runs on SQLite, and on PostgreSQL when
 //! `RELAIS_TEST_DATABASE_URL` is set.
 
+mod browser;
 mod common;
 mod flows;
 mod keys_cli;

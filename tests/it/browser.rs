@@ -274,15 +274,19 @@ impl Browser {
         let dir = TempDir::new("relais-browser-chromium");
         let profile = dir.path().join("profile");
         let port = free_port();
+        // chromedriver's own errors (Chromium's go to its log: --enable-chrome-logs).
+        let stderr = std::fs::File::create(dir.path().join("stderr.log"))
+            .map_err(|e| format!("cannot create the chromedriver log: {e}"))?;
         let child = Command::new(&tools.chromedriver)
             .arg(format!("--port={port}"))
+            .arg("--enable-chrome-logs")
             .arg(format!(
                 "--log-path={}",
                 dir.path().join("chromedriver.log").display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", tools.chromedriver.display()))?;
         let http = reqwest::Client::builder()
@@ -297,7 +301,25 @@ impl Browser {
             session: None,
             dir,
         };
-        b.wait_ready().await?;
+        match b.open(tools, &profile).await {
+            Ok(()) => Ok(b),
+            Err(e) => {
+                let mut msg = format!(
+                    "{e}\nchromedriver log (end):\n{}",
+                    b.log_tail("chromedriver.log", 15)
+                );
+                let stderr = b.log_tail("stderr.log", 15);
+                if !stderr.trim().is_empty() {
+                    msg.push_str(&format!("\nchromedriver stderr (end):\n{stderr}"));
+                }
+                Err(msg)
+            }
+        }
+    }
+
+    /// Wait for chromedriver, then open a browser session.
+    async fn open(&mut self, tools: &Tools, profile: &Path) -> Result<(), String> {
+        self.wait_ready().await?;
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -321,7 +343,7 @@ impl Browser {
                 },
             },
         });
-        let v = b
+        let v = self
             .send(reqwest::Method::POST, "/session", Some(caps))
             .await?;
         let id = v
@@ -329,14 +351,21 @@ impl Browser {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("new session: no sessionId in {v}"))?
             .to_string();
-        b.session = Some(id);
-        b.session_cmd(
+        self.session = Some(id);
+        self.session_cmd(
             reqwest::Method::POST,
             "/timeouts",
             Some(json!({"implicit": 0, "pageLoad": 30_000, "script": 10_000})),
         )
         .await?;
-        Ok(b)
+        Ok(())
+    }
+
+    /// The last lines of chromedriver's log (for failure messages).
+    fn log_tail(&self, file: &str, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Wait until chromedriver's `GET /status` says it is ready.
@@ -345,10 +374,7 @@ impl Browser {
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "chromedriver exited early ({status}); log: {}",
-                    self.dir.path().display()
-                ));
+                return Err(format!("chromedriver exited early ({status})"));
             }
             match self.send(reqwest::Method::GET, "/status", None).await {
                 Ok(v) if v.get("ready") == Some(&Value::Bool(true)) => return Ok(()),
@@ -392,7 +418,8 @@ impl Browser {
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
             let message = value.get("message").and_then(Value::as_str).unwrap_or("");
-            let message = message.lines().next().unwrap_or("");
+            // (The stack trace is in another field; the message is short.)
+            let message = message.lines().take(6).collect::<Vec<_>>().join("\n");
             return Err(format!(
                 "{method} {path}: HTTP {status}: {error}: {message}"
             ));
