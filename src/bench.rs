@@ -156,6 +156,7 @@ fn proc_peak_rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn config(
     broker: &str,
     idp: &str,
