@@ -15,14 +15,6 @@ CREATE TABLE interactions (
 );
 CREATE INDEX interactions_expiry ON interactions (expires_at);
 
-CREATE TABLE upstream_states (
-    id TEXT PRIMARY KEY,
-    federation TEXT NOT NULL,
-    data TEXT NOT NULL,
-    expires_at BIGINT NOT NULL
-);
-CREATE INDEX upstream_states_expiry ON upstream_states (expires_at);
-
 CREATE TABLE logouts (
     id TEXT PRIMARY KEY,
     federation TEXT NOT NULL,

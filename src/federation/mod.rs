@@ -244,6 +244,7 @@ impl Upstream {
         max_age: Option<i64>,
         interaction: &str,
         session: &str,
+        state: &str,
     ) -> Result<(String, String, PendingUpstream), UpstreamError> {
         let meta = self.metadata(http).await?;
         let client = self.client(&meta, redirect_uri)?;
@@ -251,7 +252,10 @@ impl Upstream {
         let mut req = client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
-                || CsrfToken::new(crate::crypto::random_token(32)),
+                {
+                    let state = state.to_string();
+                    move || CsrfToken::new(state)
+                },
                 || Nonce::new(crate::crypto::random_token(32)),
             )
             .set_pkce_challenge(challenge);

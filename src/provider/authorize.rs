@@ -42,9 +42,22 @@ pub struct AuthRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Interaction {
     pub req: AuthRequest,
+    /// Hash of the browser's session cookie (binds the interaction to it).
     pub session: String,
+    /// Whether a session row existed for that cookie when the sign-in began.
+    #[serde(default)]
+    pub had_session: bool,
     pub csrf: String,
     pub provider: Option<String>,
+    /// Upstream sign-in in progress; the upstream `state` is
+    /// `<interaction id>.<secret>` and only the secret's hash is kept.
+    #[serde(default)]
+    pub pending: Option<crate::federation::PendingUpstream>,
+    #[serde(default)]
+    pub state_hash: Option<String>,
+    /// The authentication used (set at the callback, or from SSO).
+    #[serde(default)]
+    pub authn: Option<Authn>,
 }
 
 /// What a code stands for.
@@ -429,40 +442,33 @@ async fn authorize_inner(
         return issue_code(ctx, &req, &authn, &sid).await;
     }
 
+    // A browser without a session gets a cookie now; no row is written until
+    // it has authenticated (the interaction is bound to the cookie's hash).
     let mut set_new_cookie = None;
-    let session_id = match session {
-        Some((sid, _)) => sid,
+    let (session_id, had_session, existing) = match session {
+        Some((sid, data)) => (sid, true, data.authn),
         None => {
             let value = random_token(32);
             let sid = session_key(&value);
-            let data =
-                serde_json::to_string(&SessionData::default()).map_err(AppError::internal)?;
-            ctx.app
-                .store
-                .put(
-                    Kind::Session,
-                    &sid,
-                    &fed.id,
-                    &data,
-                    now + fed.cfg.interaction_ttl_secs,
-                )
-                .await?;
             set_new_cookie = Some(value);
-            sid
+            (sid, false, None)
         }
     };
     let id = random_token(24);
     let mut inter = Interaction {
         req,
         session: session_id,
+        had_session,
         csrf: random_token(24),
         provider: None,
+        pending: None,
+        state_hash: None,
+        authn: if sso { existing } else { None },
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
     } else if let Some(hint) = inter.req.idp_hint.clone() {
-        inter.provider = Some(hint.clone());
-        let url = start_upstream(ctx, &id, &inter, &hint).await?;
+        let url = start_upstream(ctx, &id, &mut inter, &hint).await?;
         tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %hint, via = "idp_hint", "identity provider chosen");
         url
     } else {
@@ -493,9 +499,11 @@ async fn authorize_inner(
 async fn start_upstream(
     ctx: &Ctx,
     interaction_id: &str,
-    inter: &Interaction,
+    inter: &mut Interaction,
     provider_id: &str,
 ) -> Result<String, AppError> {
+    let secret = random_token(24);
+    let state = format!("{interaction_id}.{secret}");
     let fed = &ctx.fed;
     let lang = inter.req.lang;
     let back = Some(ctx.back_url(&inter.req, "access_denied"));
@@ -516,7 +524,7 @@ async fn start_upstream(
         }
     }
     let force_login = inter.req.prompt.iter().any(|p| p == "login") || inter.req.max_age.is_some();
-    let (url, state, pending) = provider
+    let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
             &fed.url("/callback"),
@@ -527,6 +535,7 @@ async fn start_upstream(
             inter.req.max_age,
             interaction_id,
             &inter.session,
+            &state,
         )
         .await
         .map_err(|e| {
@@ -538,17 +547,10 @@ async fn start_upstream(
                 back.clone(),
             )
         })?;
-    let data = serde_json::to_string(&pending).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::UpstreamState,
-            &sha256_b64(state.as_bytes()),
-            &fed.id,
-            &data,
-            ctx.now() + fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    debug_assert_eq!(_state, state);
+    inter.provider = Some(provider_id.to_string());
+    inter.pending = Some(pending);
+    inter.state_hash = Some(sha256_b64(secret.as_bytes()));
     Ok(url)
 }
 
@@ -559,6 +561,16 @@ async fn load_interaction(
     cookies: &Cookies,
     headers: &HeaderMap,
 ) -> Result<Interaction, AppError> {
+    load_interaction_raw(ctx, id, cookies, headers).await.map(|(i, _)| i)
+}
+
+/// Same, with the stored JSON (for compare-and-swap updates).
+async fn load_interaction_raw(
+    ctx: &Ctx,
+    id: &str,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<(Interaction, String), AppError> {
     let lang = lang_from(headers, None);
     let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
     let raw = ctx
@@ -571,7 +583,7 @@ async fn load_interaction(
     if cookies.session_id(&ctx.fed).as_deref() != Some(inter.session.as_str()) {
         return Err(expired());
     }
-    Ok(inter)
+    Ok((inter, raw))
 }
 
 #[derive(Serialize)]
@@ -642,8 +654,7 @@ pub async fn choose_submit(
     let form = Params::parse(&body).unwrap_or_default();
     check_csrf(&ctx, &inter, &form)?;
     let provider = form.get("provider").unwrap_or("").to_string();
-    let url = start_upstream(&ctx, &id, &inter, &provider).await?;
-    inter.provider = Some(provider.clone());
+    let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
@@ -679,25 +690,17 @@ pub async fn callback(
     let params = Params::parse(&q.unwrap_or_default()).unwrap_or_default();
     let fed = &ctx.fed;
     let state = params.get("state").unwrap_or("");
-    let pending_raw = ctx
-        .app
-        .store
-        .take(
-            Kind::UpstreamState,
-            &sha256_b64(state.as_bytes()),
-            &fed.id,
-            ctx.now(),
-        )
-        .await?
-        .ok_or_else(|| {
-            ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
-        })?;
-    let pending: crate::federation::PendingUpstream =
-        serde_json::from_str(&pending_raw).map_err(AppError::internal)?;
-    let inter = load_interaction(&ctx, &pending.interaction, &cookies, &headers).await?;
-    if inter.session != pending.session {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
-    }
+    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let (interaction_id, secret) = state.split_once('.').ok_or_else(expired)?;
+    let (inter, inter_raw) = load_interaction_raw(&ctx, interaction_id, &cookies, &headers).await?;
+    // The state's secret part must match, and the upstream step must be pending.
+    let state_ok = inter.state_hash.as_deref().is_some_and(|h| {
+        crate::crypto::ct_eq(h.as_bytes(), sha256_b64(secret.as_bytes()).as_bytes())
+    });
+    let pending = match (&inter.pending, state_ok) {
+        (Some(p), true) if p.session == inter.session => p.clone(),
+        _ => return Err(expired()),
+    };
     let lang = inter.req.lang;
     let back = Some(ctx.back_url(&inter.req, "access_denied"));
     let fail =
@@ -760,36 +763,34 @@ pub async fn callback(
         sid: random_token(16),
         upstream_id_token: login.id_token,
     };
-    let data =
-        serde_json::to_string(&SessionData { authn: Some(authn) }).map_err(AppError::internal)?;
+    let data = serde_json::to_string(&SessionData {
+        authn: Some(authn.clone()),
+    })
+    .map_err(AppError::internal)?;
     let now = ctx.now();
+    let mut updated = inter.clone();
+    updated.session = new_sid.clone();
+    updated.pending = None;
+    updated.state_hash = None;
+    updated.authn = Some(authn);
+    let idata = serde_json::to_string(&updated).map_err(AppError::internal)?;
+    // Single use of the upstream state: only one callback can move the
+    // interaction on (compare-and-swap on its stored form).
+    if !ctx
+        .app
+        .store
+        .update_if(Kind::Interaction, interaction_id, &fed.id, &inter_raw, &idata, now + fed.cfg.interaction_ttl_secs)
+        .await?
+    {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+    }
     ctx.app
         .store
-        .put(
-            Kind::Session,
-            &new_sid,
-            &fed.id,
-            &data,
-            now + fed.cfg.session_ttl_secs,
-        )
+        .put(Kind::Session, &new_sid, &fed.id, &data, now + fed.cfg.session_ttl_secs)
         .await?;
-    ctx.app
-        .store
-        .delete(Kind::Session, &inter.session, &fed.id)
-        .await?;
-    let mut inter = inter;
-    inter.session = new_sid;
-    let idata = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .update(
-            Kind::Interaction,
-            &pending.interaction,
-            &fed.id,
-            &idata,
-            now + fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    if inter.had_session {
+        ctx.app.store.delete(Kind::Session, &inter.session, &fed.id).await?;
+    }
     let mut resp = redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction)));
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -864,19 +865,15 @@ pub fn record_json(r: &RegistryRecord) -> String {
     .to_string()
 }
 
-async fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
-    let back = Some(ctx.back_url(&inter.req, "access_denied"));
-    load_session(ctx, &inter.session)
-        .await?
-        .and_then(|s| s.authn)
-        .ok_or_else(|| {
-            ctx.page_error(
-                inter.req.lang,
-                StatusCode::BAD_REQUEST,
-                "interaction_expired",
-                back,
-            )
-        })
+fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
+    inter.authn.clone().ok_or_else(|| {
+        ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "interaction_expired",
+            Some(ctx.back_url(&inter.req, "access_denied")),
+        )
+    })
 }
 
 pub async fn consent_page(
@@ -886,7 +883,7 @@ pub async fn consent_page(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
-    let authn = session_authn(&ctx, &inter).await?;
+    let authn = session_authn(&ctx, &inter)?;
     let client = ctx
         .client(&inter.req.client_id)
         .ok_or_else(|| AppError::internal("client vanished"))?;
@@ -968,7 +965,7 @@ pub async fn consent_submit(
             &ctx.fed.url(&format!("/interaction/{id}/consent")),
         ));
     }
-    let authn = session_authn(&ctx, &inter).await?;
+    let authn = session_authn(&ctx, &inter)?;
     // Single use: the interaction ends here.
     if ctx
         .app
@@ -989,17 +986,21 @@ pub async fn consent_submit(
         &client.sector,
         &authn.identity_key,
     );
-    ctx.app
-        .store
-        .record_consent(
-            &random_token(12),
-            &ctx.fed.id,
-            &client.cfg.client_id,
-            &sub,
-            &inter.req.scopes.join(" "),
-            ctx.now(),
-        )
-        .await?;
+    // Explicit consents (private services) are recorded for audit; public
+    // services only show information, nothing to record.
+    if client.cfg.kind == crate::config::ClientKind::Private {
+        ctx.app
+            .store
+            .record_consent(
+                &random_token(12),
+                &ctx.fed.id,
+                &client.cfg.client_id,
+                &sub,
+                &inter.req.scopes.join(" "),
+                ctx.now(),
+            )
+            .await?;
+    }
     tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = true, "consent given");
     issue_code(&ctx, &inter.req, &authn, &inter.session).await
 }

@@ -57,7 +57,6 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub enum Kind {
     Session,
     Interaction,
-    UpstreamState,
     Logout,
 }
 
@@ -66,7 +65,6 @@ impl Kind {
         match self {
             Kind::Session => "sessions",
             Kind::Interaction => "interactions",
-            Kind::UpstreamState => "upstream_states",
             Kind::Logout => "logouts",
         }
     }
@@ -217,6 +215,24 @@ impl Store {
             kind.table()
         );
         let n = on!(self, p => sqlx::query(&sql).bind(data).bind(expires_at).bind(id).bind(fed).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Compare-and-swap: replace `old` by `new` only if the row still holds `old`.
+    pub async fn update_if(
+        &self,
+        kind: Kind,
+        id: &str,
+        fed: &str,
+        old: &str,
+        new: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET data = $1, expires_at = $2 WHERE id = $3 AND federation = $4 AND data = $5",
+            kind.table()
+        );
+        let n = on!(self, p => sqlx::query(&sql).bind(new).bind(expires_at).bind(id).bind(fed).bind(old).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n == 1)
     }
 
@@ -412,7 +428,6 @@ impl Store {
         for table in [
             "sessions",
             "interactions",
-            "upstream_states",
             "logouts",
             "codes",
             "tokens",

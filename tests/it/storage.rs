@@ -87,11 +87,11 @@ async fn short_lived_rows_codes_tokens_jti_registry_and_purge() {
             None,
             "{backend}: single use"
         );
-        s.put(Kind::UpstreamState, "u1", "citizen", "x", now - 1)
+        s.put(Kind::Logout, "u1", "citizen", "x", now - 1)
             .await
             .unwrap();
         assert_eq!(
-            s.take(Kind::UpstreamState, "u1", "citizen", now)
+            s.take(Kind::Logout, "u1", "citizen", now)
                 .await
                 .unwrap(),
             None,
