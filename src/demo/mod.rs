@@ -171,11 +171,18 @@ impl Stack {
         text.push_str(&extra(&urls));
         let config =
             Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
-        keys::ensure(
-            &config.server.keys_dir.join("citizen"),
-            &[Alg::RS256, Alg::ES256, Alg::EdDSA],
-        )
-        .map_err(|e| e.to_string())?;
+        // Keys for every federation; the demo providers accept every
+        // federation's callback (each federation is a separate client there).
+        let mut issuers = Vec::new();
+        for (id, f) in &config.federations {
+            let algs: Vec<Alg> = f
+                .signing_algs
+                .iter()
+                .filter_map(|a| Alg::parse(a))
+                .collect();
+            keys::ensure(&config.server.keys_dir.join(id), &algs).map_err(|e| e.to_string())?;
+            issuers.push(f.issuer.clone());
+        }
         let mut idps = Vec::new();
         for (n, (l, issuer, name, secret, acr)) in [
             (
@@ -199,7 +206,7 @@ impl Stack {
             let dir = data_dir.join(format!("idp{}-keys", n + 1));
             keys::ensure(&dir, &[Alg::ES256]).map_err(|e| e.to_string())?;
             let ring = Arc::new(KeyRing::open(&dir).map_err(|e| e.to_string())?);
-            let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &urls.broker, acr);
+            let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &issuers, acr);
             cfg.auto_login = opts.auto_login;
             let idp = DemoIdp::new(cfg, ring);
             serve_on(l, idp.router());
@@ -230,7 +237,7 @@ fn idp_config(
     name: &str,
     which: u8,
     secret: &str,
-    broker: &str,
+    brokers: &[String],
     acr: &[&str],
 ) -> DemoIdpConfig {
     DemoIdpConfig {
@@ -240,8 +247,11 @@ fn idp_config(
         clients: vec![DemoClient {
             client_id: "relais".into(),
             client_secret: secret.into(),
-            redirect_uris: vec![format!("{broker}/callback")],
-            post_logout_redirect_uris: vec![format!("{broker}/logout/callback")],
+            redirect_uris: brokers.iter().map(|b| format!("{b}/callback")).collect(),
+            post_logout_redirect_uris: brokers
+                .iter()
+                .map(|b| format!("{b}/logout/callback"))
+                .collect(),
         }],
         acr_values: acr.iter().map(|s| s.to_string()).collect(),
         auto_login: false,

@@ -561,7 +561,9 @@ async fn load_interaction(
     cookies: &Cookies,
     headers: &HeaderMap,
 ) -> Result<Interaction, AppError> {
-    load_interaction_raw(ctx, id, cookies, headers).await.map(|(i, _)| i)
+    load_interaction_raw(ctx, id, cookies, headers)
+        .await
+        .map(|(i, _)| i)
 }
 
 /// Same, with the stored JSON (for compare-and-swap updates).
@@ -779,17 +781,33 @@ pub async fn callback(
     if !ctx
         .app
         .store
-        .update_if(Kind::Interaction, interaction_id, &fed.id, &inter_raw, &idata, now + fed.cfg.interaction_ttl_secs)
+        .update_if(
+            Kind::Interaction,
+            interaction_id,
+            &fed.id,
+            &inter_raw,
+            &idata,
+            now + fed.cfg.interaction_ttl_secs,
+        )
         .await?
     {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
     }
     ctx.app
         .store
-        .put(Kind::Session, &new_sid, &fed.id, &data, now + fed.cfg.session_ttl_secs)
+        .put(
+            Kind::Session,
+            &new_sid,
+            &fed.id,
+            &data,
+            now + fed.cfg.session_ttl_secs,
+        )
         .await?;
     if inter.had_session {
-        ctx.app.store.delete(Kind::Session, &inter.session, &fed.id).await?;
+        ctx.app
+            .store
+            .delete(Kind::Session, &inter.session, &fed.id)
+            .await?;
     }
     let mut resp = redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction)));
     resp.headers_mut().insert(

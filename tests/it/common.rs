@@ -113,10 +113,17 @@ impl Env {
             format!("{}{}", EXTRA, extra)
                 .replace("IDP2", &urls.idp2)
                 .replace("IDP1", &urls.idp1)
+                .replace("BROKER", &urls.broker)
         })
         .await
         .unwrap_or_else(|e| panic!("stack did not start: {e}"));
         Env { stack, schema }
+    }
+
+    /// Start with extra TOML placed after the generated configuration (may
+    /// declare more federations; BROKER, IDP1 and IDP2 are replaced).
+    pub async fn start_second(db: Option<String>, extra: String) -> Env {
+        Self::start_with(db, extra, vec![], false).await
     }
 
     pub fn broker(&self) -> &str {
@@ -284,12 +291,23 @@ pub struct Tokens {
 
 impl Rp {
     pub async fn new(env: &Env, client_id: &str, secret: Option<&str>, redirect_uri: &str) -> Rp {
+        Self::new_at(env, env.broker(), client_id, secret, redirect_uri).await
+    }
+
+    /// A service of the federation whose issuer is `issuer`.
+    pub async fn new_at(
+        _env: &Env,
+        issuer: &str,
+        client_id: &str,
+        secret: Option<&str>,
+        redirect_uri: &str,
+    ) -> Rp {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
         let meta = CoreProviderMetadata::discover_async(
-            IssuerUrl::new(env.broker().to_string()).unwrap(),
+            IssuerUrl::new(issuer.to_string()).unwrap(),
             &http,
         )
         .await
@@ -298,7 +316,7 @@ impl Rp {
             client_id: client_id.into(),
             secret: secret.map(str::to_string),
             redirect_uri: redirect_uri.into(),
-            issuer: env.broker().to_string(),
+            issuer: issuer.to_string(),
             meta,
             http,
             auth_type: openidconnect::AuthType::BasicAuth,

@@ -5,8 +5,10 @@
 
 mod browser;
 mod common;
+mod federations;
 mod flows;
 mod keys_cli;
+mod multinode;
 mod negative;
 mod serve;
 mod storage;
