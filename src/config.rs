@@ -72,8 +72,20 @@ fn default_upstream_timeout() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
+    /// Citizens: pivot identity, provider choice page (FranceConnect).
     #[default]
     Citizen,
+    /// Public agents: email-first routing, agent claims (ProConnect).
+    Agent,
+}
+
+impl Profile {
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Profile::Citizen => CITIZEN_SCOPES,
+            Profile::Agent => AGENT_SCOPES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -126,6 +138,11 @@ pub struct FederationConfig {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Agent profile: provider used when no provider's domains match the email.
+    pub default_provider: Option<String>,
+    /// First acr value that means multi-factor authentication (agent profile);
+    /// asking for it or above forces a fresh upstream sign-in.
+    pub mfa_acr: Option<String>,
     /// Cooldown between two JWKS refetches of one upstream on an unknown kid.
     #[serde(default = "default_jwks_cooldown")]
     pub jwks_refetch_cooldown_secs: u64,
@@ -217,6 +234,36 @@ pub struct ProviderConfig {
     /// These clients may not use this provider.
     #[serde(default)]
     pub denied_clients: Vec<String>,
+    /// Agent profile: email domains attached to this provider
+    /// (`exact.fr` or `*.sub.fr` patterns), used for email-first routing.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Agent profile: other domains this provider may vouch for (not routed).
+    #[serde(default)]
+    pub extra_domains: Vec<String>,
+    /// Agent profile: an email outside the provider's domains is refused
+    /// (`refuse`, default) or accepted and logged (`log`).
+    #[serde(default)]
+    pub domain_mismatch: DomainMismatch,
+    /// Agent profile: SIRET used when the provider sends an invalid one
+    /// (without it, an invalid SIRET is refused).
+    pub default_siret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainMismatch {
+    #[default]
+    Refuse,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectType {
+    #[default]
+    Pairwise,
+    Public,
 }
 
 fn default_upstream_auth() -> UpstreamAuth {
@@ -279,6 +326,9 @@ pub struct ClientConfig {
     pub sector_identifier: Option<String>,
     pub id_token_signed_response_alg: Option<String>,
     pub userinfo_signed_response_alg: Option<String>,
+    /// `pairwise` (default) or `public` (agent profile: the account's public id).
+    #[serde(default)]
+    pub subject_type: SubjectType,
     /// private_key_jwt: inline JWK set (JSON text) or a jwks_uri.
     pub jwks: Option<String>,
     pub jwks_uri: Option<String>,
@@ -305,6 +355,24 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Scopes of the agent profile (one per claim; `phone` releases `phone_number`).
+pub const AGENT_SCOPES: &[&str] = &[
+    "openid",
+    "given_name",
+    "usual_name",
+    "email",
+    "uid",
+    "siret",
+    "siren",
+    "organizational_unit",
+    "belonging_population",
+    "phone",
+    "idp_id",
+    "idp_acr",
+    "amr",
+    "custom",
+];
 
 /// Scopes Relais knows for the citizen profile.
 pub const CITIZEN_SCOPES: &[&str] = &[
@@ -419,6 +487,16 @@ impl Config {
             if f.code_ttl_secs <= 0 || f.code_ttl_secs > 60 {
                 errs.push(format!("{}: between 1 and 60 seconds", at("code_ttl_secs")));
             }
+            if let Some(d) = &f.default_provider {
+                if !f.providers.iter().any(|p| &p.id == d) {
+                    errs.push(format!("{}: no provider {d:?}", at("default_provider")));
+                }
+            }
+            if let Some(m) = &f.mfa_acr {
+                if !f.acr_values.contains(m) {
+                    errs.push(format!("{}: {m:?} is not in acr_values", at("mfa_acr")));
+                }
+            }
             let mut seen = std::collections::HashSet::new();
             for p in &f.providers {
                 let at = |s: &str| format!("federations.{id}.providers[{}].{s}", p.id);
@@ -496,7 +574,7 @@ impl Config {
                     }
                 }
                 for s in &c.scopes {
-                    if !CITIZEN_SCOPES.contains(&s.as_str()) {
+                    if !f.profile.scopes().contains(&s.as_str()) {
                         errs.push(format!("{}: unknown scope {s:?}", at("scopes")));
                     }
                 }

@@ -7,6 +7,7 @@
 //! `app(state)` builds the HTTP router used by `relais serve`, `relais demo`
 //! and the tests.
 
+pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod crypto;

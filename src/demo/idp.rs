@@ -38,7 +38,15 @@ const SESSION_TTL: u64 = 8 * 3600;
 const PRUNE_INTERVAL: u64 = 5;
 
 /// Scopes the IdP knows; others are ignored (not granted).
-const SUPPORTED_SCOPES: [&str; 12] = [
+const SUPPORTED_SCOPES: [&str; 20] = [
+    "usual_name",
+    "uid",
+    "siret",
+    "siren",
+    "organizational_unit",
+    "belonging_population",
+    "phone",
+    "custom",
     "openid",
     "profile",
     "email",
@@ -54,7 +62,15 @@ const SUPPORTED_SCOPES: [&str; 12] = [
 ];
 
 /// Person claims the IdP can release.
-const PERSON_CLAIMS: [&str; 8] = [
+const PERSON_CLAIMS: [&str; 16] = [
+    "usual_name",
+    "uid",
+    "siret",
+    "siren",
+    "organizational_unit",
+    "belonging_population",
+    "phone_number",
+    "custom",
     "given_name",
     "family_name",
     "birthdate",
@@ -371,6 +387,7 @@ fn claims_for_scopes(scopes: &[String]) -> Vec<&'static str> {
                 "birthcountry",
             ]),
             "email" => add(&["email"]),
+            "phone" => add(&["phone_number"]),
             other => {
                 if let Some(n) = PERSON_CLAIMS.iter().find(|n| **n == other) {
                     add(&[n]);
@@ -1645,6 +1662,40 @@ fn sample_person(login: &str, claims: Value) -> DemoPerson {
             Value::Object(m) => m,
             _ => Map::new(),
         },
+    }
+}
+
+/// Sample public agents for the agent federation. `which == 1`: a ministry's
+/// provider (agents of `interieur.gouv.fr`); `which == 2`: a general-purpose
+/// provider (the federation's default). Camille is at both, with the same
+/// verified email, so Relais links the two into one account.
+pub fn demo_agents(which: u8) -> Vec<DemoPerson> {
+    let agent = |login: &str, given: &str, usual: &str, email: &str, siret: &str, unit: &str| {
+        sample_person(
+            login,
+            json!({
+                "given_name": given,
+                "usual_name": usual,
+                "email": email,
+                "uid": format!("{login}-{which}"),
+                "siret": siret,
+                "organizational_unit": unit,
+                "belonging_population": "agent",
+                "phone_number": "01 40 07 60 60",
+            }),
+        )
+    };
+    if which == 2 {
+        vec![
+            agent("dominique", "Dominique", "Leroy", "dominique.leroy@mairie-demoville.fr", "21750000800008", "Accueil"),
+            agent("camille", "Camille", "Martin", "camille.martin@interieur.gouv.fr", "13002526500013", "DNUM"),
+        ]
+    } else {
+        vec![
+            agent("camille", "Camille", "Martin", "camille.martin@interieur.gouv.fr", "13002526500013", "DNUM"),
+            // An invalid SIRET: Relais uses the provider's default SIRET.
+            agent("lea", "Léa", "Petit", "lea.petit@prefecture.interieur.gouv.fr", "12345678901234", "Préfecture"),
+        ]
     }
 }
 

@@ -20,7 +20,14 @@ pub struct Urls {
     pub idp1: String,
     pub idp2: String,
     pub service: String,
+    /// Agent federation: a ministry's provider and the default provider.
+    pub idp3: String,
+    pub idp4: String,
+    pub agent_service: String,
 }
+
+pub const DEMO_AGENT_CLIENT_ID: &str = "demo-agent-service";
+pub const DEMO_AGENT_CLIENT_SECRET: &str = "demo-agent-service-secret-change-me";
 
 /// Broker configuration used by the demo (and a starting point for operators).
 pub fn demo_config(urls: &Urls, listen: &str, database_url: &str, keys_dir: &Path) -> String {
@@ -29,6 +36,9 @@ pub fn demo_config(urls: &Urls, listen: &str, database_url: &str, keys_dir: &Pat
         idp1,
         idp2,
         service: svc,
+        idp3,
+        idp4,
+        agent_service,
     } = urls;
     format!(
         r#"
@@ -72,6 +82,46 @@ client_secret = "{DEMO_CLIENT_SECRET}"
 redirect_uris = ["{svc}/callback"]
 post_logout_redirect_uris = ["{svc}/logged-out"]
 scopes = ["openid", "profile", "birth", "identite_pivot", "email", "idp_id", "amr"]
+
+[federations.agent]
+issuer = "{broker}/agent"
+profile = "agent"
+name = "Relais Agents (démo)"
+pairwise_secret = "demo-agent-pairwise-secret-not-for-production-012345"
+acr_values = ["eidas1", "eidas1-mfa", "eidas2", "eidas3"]
+mfa_acr = "eidas1-mfa"
+default_provider = "proconnect"
+session_ttl_secs = 28800
+
+[[federations.agent.providers]]
+id = "interieur"
+name = "Ministère de l'Intérieur (démo)"
+issuer = "{idp3}"
+client_id = "relais"
+client_secret = "relais-at-interieur"
+scopes = ["openid", "given_name", "usual_name", "email", "uid", "siret", "siren", "organizational_unit", "belonging_population", "phone", "custom"]
+acr_values = ["eidas1", "eidas1-mfa"]
+domains = ["interieur.gouv.fr", "*.interieur.gouv.fr"]
+default_siret = "13002526500013"
+order = 1
+
+[[federations.agent.providers]]
+id = "proconnect"
+name = "ProConnect Identité (démo)"
+issuer = "{idp4}"
+client_id = "relais"
+client_secret = "relais-at-proconnect"
+scopes = ["openid", "given_name", "usual_name", "email", "uid", "siret", "siren", "organizational_unit", "belonging_population", "phone", "custom"]
+acr_values = ["eidas1"]
+order = 2
+
+[[federations.agent.clients]]
+client_id = "{DEMO_AGENT_CLIENT_ID}"
+name = "Portail des agents (démo)"
+client_secret = "{DEMO_AGENT_CLIENT_SECRET}"
+redirect_uris = ["{agent_service}/callback"]
+post_logout_redirect_uris = ["{agent_service}/logged-out"]
+scopes = ["openid", "given_name", "usual_name", "email", "uid", "siret", "siren", "organizational_unit", "belonging_population", "phone", "idp_id", "idp_acr", "amr", "custom"]
 "#,
         keys = keys_dir.display(),
     )
@@ -146,6 +196,9 @@ impl Stack {
             listener(port(1)).await?,
             listener(port(2)).await?,
             listener(port(3)).await?,
+            listener(port(4)).await?,
+            listener(port(5)).await?,
+            listener(port(6)).await?,
         ];
         let url = |l: &tokio::net::TcpListener| {
             l.local_addr()
@@ -157,8 +210,11 @@ impl Stack {
             idp1: url(&ls[1])?,
             idp2: url(&ls[2])?,
             service: url(&ls[3])?,
+            idp3: url(&ls[4])?,
+            idp4: url(&ls[5])?,
+            agent_service: url(&ls[6])?,
         };
-        let [l_broker, l_idp1, l_idp2, l_svc] = ls;
+        let [l_broker, l_idp1, l_idp2, l_svc, l_idp3, l_idp4, l_asvc] = ls;
         let db = opts
             .database_url
             .clone()
@@ -184,29 +240,22 @@ impl Stack {
             issuers.push(f.issuer.clone());
         }
         let mut idps = Vec::new();
-        for (n, (l, issuer, name, secret, acr)) in [
-            (
-                l_idp1,
-                &urls.idp1,
-                "Impôts (démo)",
-                "relais-at-impots",
-                &["eidas1", "eidas2"][..],
-            ),
-            (
-                l_idp2,
-                &urls.idp2,
-                "Ameli (démo)",
-                "relais-at-ameli",
-                &["eidas1"][..],
-            ),
+        let people = [demo_people(1), demo_people(2), idp::demo_agents(1), idp::demo_agents(2)];
+        for (n, ((l, issuer, name, secret, acr), people)) in [
+            (l_idp1, &urls.idp1, "Impôts (démo)", "relais-at-impots", &["eidas1", "eidas2"][..]),
+            (l_idp2, &urls.idp2, "Ameli (démo)", "relais-at-ameli", &["eidas1"][..]),
+            (l_idp3, &urls.idp3, "Ministère de l'Intérieur (démo)", "relais-at-interieur", &["eidas1", "eidas1-mfa"][..]),
+            (l_idp4, &urls.idp4, "ProConnect Identité (démo)", "relais-at-proconnect", &["eidas1"][..]),
         ]
         .into_iter()
+        .zip(people)
         .enumerate()
         {
             let dir = data_dir.join(format!("idp{}-keys", n + 1));
             keys::ensure(&dir, &[Alg::ES256]).map_err(|e| e.to_string())?;
             let ring = Arc::new(KeyRing::open(&dir).map_err(|e| e.to_string())?);
             let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &issuers, acr);
+            cfg.people = people;
             cfg.auto_login = opts.auto_login;
             let idp = DemoIdp::new(cfg, ring);
             serve_on(l, idp.router());
@@ -221,6 +270,15 @@ impl Stack {
             &["openid", "identite_pivot", "email", "idp_id"],
         )?;
         serve_on(l_svc, svc.router());
+        let agent_svc = service::DemoService::new(
+            "Portail des agents (démo)",
+            &urls.agent_service,
+            &format!("{}/agent", urls.broker),
+            DEMO_AGENT_CLIENT_ID,
+            DEMO_AGENT_CLIENT_SECRET,
+            &["openid", "given_name", "usual_name", "email", "uid", "siret", "organizational_unit", "idp_id", "idp_acr"],
+        )?;
+        serve_on(l_asvc, agent_svc.router());
         let running = crate::server::start(&config, l_broker).await?;
         Ok(Stack {
             urls,
@@ -291,6 +349,21 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
         }
     }
     println!("The person present at both providers gets the same `sub` at the service either way.");
+    println!();
+    println!("Agent federation (issuer {}/agent, email-first sign-in):", u.broker);
+    println!("  agent service    {}      <- open this in a browser", u.agent_service);
+    println!("  provider Intérieur (domains interieur.gouv.fr, *.interieur.gouv.fr)  {}", u.idp3);
+    println!("  provider ProConnect Identité (default provider)                       {}", u.idp4);
+    for (which, label) in [(1u8, "Intérieur"), (2u8, "ProConnect")] {
+        for p in idp::demo_agents(which) {
+            println!(
+                "  {label:10} {:10} / {:4}  {}",
+                p.login,
+                p.password,
+                p.claims.get("email").and_then(|v| v.as_str()).unwrap_or("")
+            );
+        }
+    }
     println!("Press Ctrl+C to stop.");
     let _ = tokio::signal::ctrl_c().await;
     Ok(())

@@ -13,6 +13,8 @@ use crate::identity::{
 };
 use crate::state::Client;
 use crate::store::Kind;
+use crate::agent::identity::{normalise_email, Route};
+use crate::config::Profile;
 use crate::web::Lang;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -58,6 +60,9 @@ pub struct Interaction {
     /// The authentication used (set at the callback, or from SSO).
     #[serde(default)]
     pub authn: Option<Authn>,
+    /// Agent profile: providers matching the email's domain (short choice).
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
 }
 
 /// What a code stands for.
@@ -464,6 +469,7 @@ async fn authorize_inner(
         pending: None,
         state_hash: None,
         authn: if sso { existing } else { None },
+        candidates: None,
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
@@ -471,6 +477,12 @@ async fn authorize_inner(
         let url = start_upstream(ctx, &id, &mut inter, &hint).await?;
         tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %hint, via = "idp_hint", "identity provider chosen");
         url
+    } else if fed.cfg.profile == Profile::Agent {
+        // Email-first: a login_hint that is an email is routed at once.
+        match inter.req.login_hint.clone().and_then(|h| normalise_email(&h)) {
+            Some(email) => agent_next(ctx, &id, &mut inter, &email).await?,
+            None => fed.url(&format!("/interaction/{id}")),
+        }
     } else {
         fed.url(&format!("/interaction/{id}"))
     };
@@ -493,6 +505,56 @@ async fn authorize_inner(
         );
     }
     Ok(resp)
+}
+
+/// Agent profile: route a professional email to its provider(s); returns
+/// where to send the browser.
+async fn agent_next(ctx: &Ctx, id: &str, inter: &mut Interaction, email: &str) -> Result<String, AppError> {
+    let fed = &ctx.fed;
+    inter.req.login_hint = Some(email.to_string());
+    match crate::agent::route_email(fed, &inter.req.client_id, email, inter.req.acr_min.as_deref()) {
+        Route::One(p) | Route::Default(p) => {
+            tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %p, via = "email_domain", "identity provider chosen");
+            start_upstream(ctx, id, inter, &p).await
+        }
+        Route::Several(list) => {
+            inter.candidates = Some(list);
+            Ok(fed.url(&format!("/interaction/{id}")))
+        }
+        Route::NoMatch => Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "no_provider_for_domain",
+            Some(ctx.back_url(&inter.req, "access_denied")),
+        )),
+    }
+}
+
+pub async fn email_submit(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let Some(email) = form.get("email").and_then(normalise_email) else {
+        return Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "invalid_email",
+            Some(ctx.fed.url(&format!("/interaction/{id}"))),
+        ));
+    };
+    let url = agent_next(&ctx, &id, &mut inter, &email).await?;
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .update(Kind::Interaction, &id, &ctx.fed.id, &data, ctx.now() + ctx.fed.cfg.interaction_ttl_secs)
+        .await?;
+    Ok(redirect(&url))
 }
 
 /// Prepare the redirect to the upstream provider and remember its state.
@@ -523,7 +585,9 @@ async fn start_upstream(
             return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "acr_not_satisfied", back));
         }
     }
-    let force_login = inter.req.prompt.iter().any(|p| p == "login") || inter.req.max_age.is_some();
+    let force_login = inter.req.prompt.iter().any(|p| p == "login")
+        || inter.req.max_age.is_some()
+        || crate::agent::wants_mfa(fed, inter.req.acr_min.as_deref());
     let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
@@ -603,21 +667,40 @@ pub async fn choose_page(
 ) -> Result<Response, AppError> {
     let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let fed = &ctx.fed;
+    let client_name = ctx
+        .client(&inter.req.client_id)
+        .map(|c| c.cfg.name.clone())
+        .unwrap_or_default();
+    if fed.cfg.profile == Profile::Agent && inter.candidates.is_none() {
+        return ctx.page(
+            inter.req.lang,
+            "email.html",
+            minijinja::context! {
+                action => fed.url(&format!("/interaction/{id}/email")),
+                csrf => inter.csrf,
+                email => inter.req.login_hint.clone().unwrap_or_default(),
+                client_name => client_name,
+                back_url => fed.url(&format!("/interaction/{id}/abort")),
+            },
+        );
+    }
     let min_rank = inter.req.acr_min.as_deref().and_then(|a| fed.acr_rank(a));
     let providers: Vec<ProviderView> = fed
         .providers
         .iter()
-        .filter(|p| p.cfg.display && fed.provider_allowed(p, &inter.req.client_id))
+        .filter(|p| {
+            let listed = match &inter.candidates {
+                Some(c) => c.contains(&p.cfg.id),
+                None => p.cfg.display,
+            };
+            listed && fed.provider_allowed(p, &inter.req.client_id)
+        })
         .map(|p| ProviderView {
             id: p.cfg.id.clone(),
             name: p.cfg.name.clone(),
             disabled: fed.provider_max_rank(p) < min_rank,
         })
         .collect();
-    let client_name = ctx
-        .client(&inter.req.client_id)
-        .map(|c| c.cfg.name.clone())
-        .unwrap_or_default();
     ctx.page(
         inter.req.lang,
         "choose.html",
@@ -656,6 +739,9 @@ pub async fn choose_submit(
     let form = Params::parse(&body).unwrap_or_default();
     check_csrf(&ctx, &inter, &form)?;
     let provider = form.get("provider").unwrap_or("").to_string();
+    if inter.candidates.as_ref().is_some_and(|c| !c.contains(&provider)) {
+        return Err(ctx.page_error(inter.req.lang, StatusCode::BAD_REQUEST, "invalid_request", Some(ctx.back_url(&inter.req, "access_denied"))));
+    }
     let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
@@ -745,19 +831,48 @@ pub async fn callback(
             }
         })?;
     tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, acr = ?login.acr, "upstream sign-in verified");
-    let identity = PivotIdentity::from_claims(&login.claims).map_err(|e| {
-        tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = %e, "invalid pivot identity");
-        fail("invalid_identity", StatusCode::BAD_GATEWAY)
-    })?;
-    registry_check(&ctx, &identity, &inter.req).await?;
+    // The person: a citizen's pivot identity, or an agent and their account.
+    let (subject_key, public_sub, display_name, claims) = match fed.cfg.profile {
+        Profile::Citizen => {
+            let identity = PivotIdentity::from_claims(&login.claims).map_err(|e| {
+                tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = %e, "invalid pivot identity");
+                fail("invalid_identity", StatusCode::BAD_GATEWAY)
+            })?;
+            registry_check(&ctx, &identity, &inter.req).await?;
+            let mut claims = identity.to_claims();
+            claims.insert("idp_id".into(), json!(provider.cfg.id));
+            claims.insert("amr".into(), json!(login.amr));
+            let name = format!("{} {}", identity.given_name, identity.family_name.to_uppercase());
+            (identity.identity_key(), None, name, claims)
+        }
+        Profile::Agent => {
+            let agent = crate::agent::identity_from_login(fed, provider, &login).map_err(|e| {
+                tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = ?e, "agent identity refused");
+                match e {
+                    crate::agent::AgentRefusal::Domain(_) => fail("domain_not_allowed", StatusCode::FORBIDDEN),
+                    crate::agent::AgentRefusal::Identity(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
+                }
+            })?;
+            let account = ctx
+                .app
+                .store
+                .agent_account(&fed.id, &provider.cfg.id, &agent.sub, &agent.email, &random_token(16), ctx.now())
+                .await?;
+            let claims = crate::agent::claims(&agent, &provider.cfg.id, &login);
+            let name = format!("{} {}", agent.given_name, agent.usual_name.to_uppercase());
+            (format!("agent:{account}"), Some(account), name, claims)
+        }
+    };
     tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
 
     // New session id after authentication (session fixation).
     let value = random_token(32);
     let new_sid = session_key(&value);
     let authn = Authn {
-        identity_key: identity.identity_key(),
-        identity,
+        subject_key,
+        public_sub,
+        display_name,
+        claims,
         provider: provider.cfg.id.clone(),
         acr: login.acr,
         amr: login.amr,
@@ -929,7 +1044,7 @@ pub async fn consent_page(
         minijinja::context! {
             action => ctx.fed.url(&format!("/interaction/{id}/consent")),
             csrf => inter.csrf,
-            display_name => format!("{} {}", authn.identity.given_name, authn.identity.family_name.to_uppercase()),
+            display_name => authn.display_name,
             client_name => client.cfg.name,
             claims => claims,
             provider_name => provider_name,
@@ -939,21 +1054,16 @@ pub async fn consent_page(
 }
 
 fn display_value(authn: &Authn, claim: &str) -> Option<String> {
-    let id = &authn.identity;
-    match claim {
-        "given_name" => Some(id.given_name.clone()),
-        "family_name" => Some(id.family_name.clone()),
-        "birthdate" => Some(id.birthdate.clone()),
-        "gender" => Some(match id.gender {
-            crate::identity::Gender::Male => "male".into(),
-            crate::identity::Gender::Female => "female".into(),
-        }),
-        "birthplace" => id.birthplace.clone(),
-        "birthcountry" => Some(id.birthcountry.clone()),
-        "email" => id.email.clone(),
-        "preferred_username" => id.preferred_username.clone(),
-        "idp_id" => Some(authn.provider.clone()),
-        _ => None,
+    match authn.claims.get(claim)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Value::Null => None,
+        other => Some(other.to_string()),
     }
 }
 
@@ -1002,7 +1112,7 @@ pub async fn consent_submit(
     let sub = pairwise_sub(
         &ctx.fed.pairwise_secret,
         &client.sector,
-        &authn.identity_key,
+        &authn.subject_key,
     );
     // Explicit consents (private services) are recorded for audit; public
     // services only show information, nothing to record.
@@ -1033,15 +1143,12 @@ async fn issue_code(
     let client = ctx
         .client(&req.client_id)
         .ok_or_else(|| AppError::internal("client vanished"))?;
-    let sub = pairwise_sub(
-        &ctx.fed.pairwise_secret,
-        &client.sector,
-        &authn.identity_key,
-    );
+    let sub = match (&client.cfg.subject_type, &authn.public_sub) {
+        (crate::config::SubjectType::Public, Some(public)) => public.clone(),
+        _ => pairwise_sub(&ctx.fed.pairwise_secret, &client.sector, &authn.subject_key),
+    };
     let released = claims_for_scopes(&req.scopes);
-    let mut all = authn.identity.to_claims();
-    all.insert("idp_id".into(), json!(authn.provider));
-    all.insert("amr".into(), json!(authn.amr));
+    let all = &authn.claims;
     let mut userinfo = Map::new();
     userinfo.insert("sub".into(), json!(sub));
     for c in &released {

@@ -32,9 +32,26 @@ pub fn scope_claims(scope: &str) -> &'static [&'static str] {
         "preferred_username" => &["preferred_username"],
         "idp_id" => &["idp_id"],
         "amr" => &["amr"],
+        // Agent federation (ProConnect style: one scope per claim).
+        "usual_name" => &["usual_name"],
+        "uid" => &["uid"],
+        "siret" => &["siret"],
+        "siren" => &["siren"],
+        "organizational_unit" => &["organizational_unit"],
+        "belonging_population" => &["belonging_population"],
+        "phone" => &["phone_number"],
+        "idp_acr" => &["idp_acr"],
+        "custom" => &["custom"],
         _ => &[],
     }
 }
+
+/// Claims of the agent profile (discovery `claims_supported`).
+pub const AGENT_CLAIMS_SUPPORTED: &[&str] = &[
+    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "at_hash", "sid",
+    "given_name", "usual_name", "email", "uid", "siret", "siren", "organizational_unit",
+    "belonging_population", "phone_number", "idp_id", "idp_acr", "custom",
+];
 
 /// Every claim name Relais can release (discovery `claims_supported`).
 pub const CLAIMS_SUPPORTED: &[&str] = &[

@@ -38,6 +38,7 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         )
         .route("/interaction/{id}", get(authorize::choose_page))
         .route("/interaction/{id}/choose", post(authorize::choose_submit))
+        .route("/interaction/{id}/email", post(authorize::email_submit))
         .route(
             "/interaction/{id}/consent",
             get(authorize::consent_page).post(authorize::consent_submit),
@@ -184,8 +185,16 @@ pub struct SessionData {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Authn {
-    pub identity: crate::identity::PivotIdentity,
-    pub identity_key: String,
+    /// Stable key of the person for pairwise subjects (citizens: the
+    /// normalised pivot identity key; agents: `agent:<account id>`).
+    pub subject_key: String,
+    /// Subject for clients registered with `subject_type = "public"` (agents).
+    #[serde(default)]
+    pub public_sub: Option<String>,
+    /// Name shown on the information page.
+    pub display_name: String,
+    /// Every claim of the person that scopes may release.
+    pub claims: serde_json::Map<String, serde_json::Value>,
     pub provider: String,
     pub acr: Option<String>,
     pub amr: Vec<String>,
@@ -214,7 +223,11 @@ async fn discovery(State(ctx): State<Ctx>) -> Response {
         .into_iter()
         .map(|a| a.as_str())
         .collect();
-    let scopes: Vec<&str> = crate::config::CITIZEN_SCOPES.to_vec();
+    let scopes: Vec<&str> = f.cfg.profile.scopes().to_vec();
+    let claims_supported = match f.cfg.profile {
+        crate::config::Profile::Citizen => claims::CLAIMS_SUPPORTED,
+        crate::config::Profile::Agent => claims::AGENT_CLAIMS_SUPPORTED,
+    };
     let doc = serde_json::json!({
         "issuer": f.issuer,
         "authorization_endpoint": f.url("/authorize"),
@@ -226,13 +239,13 @@ async fn discovery(State(ctx): State<Ctx>) -> Response {
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code"],
-        "subject_types_supported": ["pairwise"],
+        "subject_types_supported": if f.cfg.profile == crate::config::Profile::Agent { vec!["pairwise", "public"] } else { vec!["pairwise"] },
         "id_token_signing_alg_values_supported": algs,
         "userinfo_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": claims::CLAIMS_SUPPORTED,
+        "claims_supported": claims_supported,
         "claims_parameter_supported": true,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,

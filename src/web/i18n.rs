@@ -64,6 +64,9 @@ pub struct Messages {
     pub logout_button: &'static str,
     pub logged_out_title: &'static str,
     pub logged_out: &'static str,
+    pub email_title: &'static str,
+    pub email_intro: &'static str,
+    pub email_label: &'static str,
 }
 
 static FR: Messages = Messages {
@@ -86,6 +89,9 @@ static FR: Messages = Messages {
     logout_button: "Me déconnecter",
     logged_out_title: "Vous êtes déconnecté",
     logged_out: "Vous êtes déconnecté de Relais. Vous pouvez fermer cette page.",
+    email_title: "Connexion des agents",
+    email_intro: "Pour accéder à {client}, indiquez votre adresse électronique professionnelle : nous vous dirigerons vers le compte de votre administration.",
+    email_label: "Adresse électronique professionnelle",
 };
 
 static EN: Messages = Messages {
@@ -108,6 +114,9 @@ static EN: Messages = Messages {
     logout_button: "Sign me out",
     logged_out_title: "You are signed out",
     logged_out: "You are signed out of Relais. You can close this page.",
+    email_title: "Sign-in for public agents",
+    email_intro: "To reach {client}, enter your professional email address: we will send you to your organisation's account.",
+    email_label: "Professional email address",
 };
 
 pub fn messages(lang: Lang) -> &'static Messages {
@@ -131,6 +140,15 @@ pub fn claim_label(lang: Lang, claim: &str) -> &'static str {
         (Lang::Fr, "idp_id") => "Fournisseur d'identité utilisé",
         (Lang::Fr, "amr") => "Méthode d'authentification",
         (Lang::Fr, "sub") => "Identifiant technique",
+        (Lang::Fr, "usual_name") => "Nom d'usage",
+        (Lang::Fr, "uid") => "Identifiant dans l'administration",
+        (Lang::Fr, "siret") => "SIRET de la structure",
+        (Lang::Fr, "siren") => "SIREN de la structure",
+        (Lang::Fr, "organizational_unit") => "Service",
+        (Lang::Fr, "belonging_population") => "Population d'appartenance",
+        (Lang::Fr, "phone_number") => "Téléphone",
+        (Lang::Fr, "idp_acr") => "Niveau d'authentification du fournisseur",
+        (Lang::Fr, "custom") => "Autres informations du fournisseur",
         (Lang::En, "given_name") => "Given names",
         (Lang::En, "family_name") => "Birth name",
         (Lang::En, "birthdate") => "Birth date",
@@ -142,6 +160,15 @@ pub fn claim_label(lang: Lang, claim: &str) -> &'static str {
         (Lang::En, "idp_id") => "Identity provider used",
         (Lang::En, "amr") => "Authentication method",
         (Lang::En, "sub") => "Technical identifier",
+        (Lang::En, "usual_name") => "Usual name",
+        (Lang::En, "uid") => "Identifier in the organisation",
+        (Lang::En, "siret") => "Organisation SIRET",
+        (Lang::En, "siren") => "Organisation SIREN",
+        (Lang::En, "organizational_unit") => "Department",
+        (Lang::En, "belonging_population") => "Population",
+        (Lang::En, "phone_number") => "Phone",
+        (Lang::En, "idp_acr") => "Provider's authentication level",
+        (Lang::En, "custom") => "Other provider information",
         _ => "",
     }
 }
@@ -180,6 +207,9 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
             "Le niveau de sécurité obtenu est inférieur à celui demandé par le service."
         }
         (Lang::Fr, "not_found") => "Page introuvable.",
+        (Lang::Fr, "no_provider_for_domain") => "Aucun fournisseur d'identité n'est rattaché au domaine de cette adresse électronique.",
+        (Lang::Fr, "domain_not_allowed") => "Ce fournisseur d'identité n'est pas habilité pour le domaine de votre adresse électronique.",
+        (Lang::Fr, "invalid_email") => "L'adresse électronique n'est pas valide.",
         (Lang::Fr, "server_error") => "Erreur interne. Réessayez plus tard.",
         (Lang::Fr, _) => "La demande n'est pas valide.",
         (Lang::En, "invalid_client") => "This service is not known to Relais.",
@@ -209,6 +239,9 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
             "The security level obtained is lower than the one the service asked for."
         }
         (Lang::En, "not_found") => "Page not found.",
+        (Lang::En, "no_provider_for_domain") => "No identity provider is attached to this email address's domain.",
+        (Lang::En, "domain_not_allowed") => "This identity provider may not vouch for your email address's domain.",
+        (Lang::En, "invalid_email") => "The email address is not valid.",
         (Lang::En, "server_error") => "Internal error. Try again later.",
         (Lang::En, _) => "The request is not valid.",
     }

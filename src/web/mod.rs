@@ -22,6 +22,7 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             include_str!("templates/logout_confirm.html"),
         ),
         ("message.html", include_str!("templates/message.html")),
+        ("email.html", include_str!("templates/email.html")),
     ] {
         // Templates are compiled into the binary and covered by tests; a broken
         // one is reported at render time rather than aborting the process.

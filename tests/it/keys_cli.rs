@@ -28,6 +28,9 @@ fn keys_generate_list_rotate_and_config_check() {
         idp1: "http://127.0.0.1:2".into(),
         idp2: "http://127.0.0.1:3".into(),
         service: "http://127.0.0.1:4".into(),
+        idp3: "http://127.0.0.1:5".into(),
+        idp4: "http://127.0.0.1:6".into(),
+        agent_service: "http://127.0.0.1:7".into(),
     };
     let cfg = dir.join("relais.toml");
     let text = relais::demo::demo_config(
@@ -44,6 +47,12 @@ fn keys_generate_list_rotate_and_config_check() {
     for alg in ["RS256", "ES256", "EdDSA"] {
         let (ok, out) = relais(&["keys", "generate", "--alg", alg], &cfg);
         assert!(ok, "{out}");
+    }
+    let (ok, out) = relais(&["config", "check"], &cfg);
+    assert!(!ok && out.contains("federation agent: no active RS256 key"), "each federation has its own keys: {out}");
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let (ok, out) = relais(&["keys", "generate", "--federation", "agent", "--alg", alg], &cfg);
+        assert!(ok && out.contains("/agent/"), "{out}");
     }
     let (ok, out) = relais(&["config", "check"], &cfg);
     assert!(ok, "{out}");

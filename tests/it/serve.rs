@@ -12,6 +12,9 @@ fn config_text(
         idp1: "http://127.0.0.1:9".into(),
         idp2: "http://127.0.0.1:9".into(),
         service: "http://127.0.0.1:9".into(),
+        idp3: "http://127.0.0.1:9".into(),
+        idp4: "http://127.0.0.1:9".into(),
+        agent_service: "http://127.0.0.1:9".into(),
     };
     let mut text = relais::demo::demo_config(
         &urls,
@@ -48,15 +51,17 @@ async fn https_with_rustls_and_secure_cookies() {
         vec![],
     )
     .unwrap();
-    relais::crypto::keys::ensure(
-        &dir.join("keys/citizen"),
-        &[
-            relais::crypto::Alg::RS256,
-            relais::crypto::Alg::ES256,
-            relais::crypto::Alg::EdDSA,
-        ],
-    )
-    .unwrap();
+    for fed in ["citizen", "agent"] {
+        relais::crypto::keys::ensure(
+            &dir.join("keys").join(fed),
+            &[
+                relais::crypto::Alg::RS256,
+                relais::crypto::Alg::ES256,
+                relais::crypto::Alg::EdDSA,
+            ],
+        )
+        .unwrap();
+    }
     relais::server::start(&config, listener).await.unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())

@@ -91,9 +91,7 @@ async fn short_lived_rows_codes_tokens_jti_registry_and_purge() {
             .await
             .unwrap();
         assert_eq!(
-            s.take(Kind::Logout, "u1", "citizen", now)
-                .await
-                .unwrap(),
+            s.take(Kind::Logout, "u1", "citizen", now).await.unwrap(),
             None,
             "{backend}: expired take"
         );
