@@ -487,7 +487,7 @@ impl Config {
             if f.code_ttl_secs <= 0 || f.code_ttl_secs > 60 {
                 errs.push(format!("{}: between 1 and 60 seconds", at("code_ttl_secs")));
             }
-            if let Some(d) = &f.default_provider {
+            if let Some(d) = f.default_provider.as_ref().filter(|d| !d.is_empty()) {
                 if !f.providers.iter().any(|p| &p.id == d) {
                     errs.push(format!("{}: no provider {d:?}", at("default_provider")));
                 }

@@ -12,7 +12,11 @@ use identity::{may_vouch, route, AgentError, AgentIdentity, Route, SiretPolicy};
 use serde_json::json;
 
 /// Providers that may serve this client at this level, with their domains.
-fn candidates(fed: &Federation, client_id: &str, acr_min: Option<&str>) -> Vec<(String, Vec<String>)> {
+fn candidates(
+    fed: &Federation,
+    client_id: &str,
+    acr_min: Option<&str>,
+) -> Vec<(String, Vec<String>)> {
     let min = acr_min.and_then(|a| fed.acr_rank(a));
     fed.providers
         .iter()
@@ -29,7 +33,7 @@ pub fn route_email(fed: &Federation, client_id: &str, email: &str, acr_min: Opti
         .cfg
         .default_provider
         .as_deref()
-        .filter(|d| list.iter().any(|(id, _)| id == d));
+        .filter(|d| !d.is_empty() && list.iter().any(|(id, _)| id == d));
     route(domain, &list, default)
 }
 
@@ -48,15 +52,25 @@ pub enum AgentRefusal {
 }
 
 /// Validate what the provider returned and check it may vouch for the email.
-pub fn identity_from_login(fed: &Federation, provider: &Upstream, login: &UpstreamLogin) -> Result<AgentIdentity, AgentRefusal> {
+pub fn identity_from_login(
+    fed: &Federation,
+    provider: &Upstream,
+    login: &UpstreamLogin,
+) -> Result<AgentIdentity, AgentRefusal> {
     let policy = match &provider.cfg.default_siret {
         Some(s) => SiretPolicy::Default(s),
         None => SiretPolicy::Refuse,
     };
-    let agent = AgentIdentity::from_claims(&login.claims, policy).map_err(AgentRefusal::Identity)?;
+    let agent =
+        AgentIdentity::from_claims(&login.claims, policy).map_err(AgentRefusal::Identity)?;
     let domain = agent.email_domain().to_string();
     let is_default = fed.cfg.default_provider.as_deref() == Some(provider.cfg.id.as_str());
-    if !may_vouch(&domain, &provider.cfg.domains, &provider.cfg.extra_domains, is_default) {
+    if !may_vouch(
+        &domain,
+        &provider.cfg.domains,
+        &provider.cfg.extra_domains,
+        is_default,
+    ) {
         match provider.cfg.domain_mismatch {
             DomainMismatch::Refuse => return Err(AgentRefusal::Domain(domain)),
             DomainMismatch::Log => {
@@ -68,7 +82,11 @@ pub fn identity_from_login(fed: &Federation, provider: &Upstream, login: &Upstre
 }
 
 /// Claims an agent may release (by scope), with the provider's id and level.
-pub fn claims(agent: &AgentIdentity, provider: &str, login: &UpstreamLogin) -> serde_json::Map<String, serde_json::Value> {
+pub fn claims(
+    agent: &AgentIdentity,
+    provider: &str,
+    login: &UpstreamLogin,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut c = agent.to_claims();
     c.insert("idp_id".into(), json!(provider));
     if let Some(a) = &login.acr {

@@ -1687,14 +1687,42 @@ pub fn demo_agents(which: u8) -> Vec<DemoPerson> {
     };
     if which == 2 {
         vec![
-            agent("dominique", "Dominique", "Leroy", "dominique.leroy@mairie-demoville.fr", "21750000800008", "Accueil"),
-            agent("camille", "Camille", "Martin", "camille.martin@interieur.gouv.fr", "13002526500013", "DNUM"),
+            agent(
+                "dominique",
+                "Dominique",
+                "Leroy",
+                "dominique.leroy@mairie-demoville.fr",
+                "21750000800008",
+                "Accueil",
+            ),
+            agent(
+                "camille",
+                "Camille",
+                "Martin",
+                "camille.martin@interieur.gouv.fr",
+                "13002526500013",
+                "DNUM",
+            ),
         ]
     } else {
         vec![
-            agent("camille", "Camille", "Martin", "camille.martin@interieur.gouv.fr", "13002526500013", "DNUM"),
+            agent(
+                "camille",
+                "Camille",
+                "Martin",
+                "camille.martin@interieur.gouv.fr",
+                "13002526500013",
+                "DNUM",
+            ),
             // An invalid SIRET: Relais uses the provider's default SIRET.
-            agent("lea", "Léa", "Petit", "lea.petit@prefecture.interieur.gouv.fr", "12345678901234", "Préfecture"),
+            agent(
+                "lea",
+                "Léa",
+                "Petit",
+                "lea.petit@prefecture.interieur.gouv.fr",
+                "12345678901234",
+                "Préfecture",
+            ),
         ]
     }
 }

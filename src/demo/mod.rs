@@ -240,12 +240,41 @@ impl Stack {
             issuers.push(f.issuer.clone());
         }
         let mut idps = Vec::new();
-        let people = [demo_people(1), demo_people(2), idp::demo_agents(1), idp::demo_agents(2)];
+        let people = [
+            demo_people(1),
+            demo_people(2),
+            idp::demo_agents(1),
+            idp::demo_agents(2),
+        ];
         for (n, ((l, issuer, name, secret, acr), people)) in [
-            (l_idp1, &urls.idp1, "Impôts (démo)", "relais-at-impots", &["eidas1", "eidas2"][..]),
-            (l_idp2, &urls.idp2, "Ameli (démo)", "relais-at-ameli", &["eidas1"][..]),
-            (l_idp3, &urls.idp3, "Ministère de l'Intérieur (démo)", "relais-at-interieur", &["eidas1", "eidas1-mfa"][..]),
-            (l_idp4, &urls.idp4, "ProConnect Identité (démo)", "relais-at-proconnect", &["eidas1"][..]),
+            (
+                l_idp1,
+                &urls.idp1,
+                "Impôts (démo)",
+                "relais-at-impots",
+                &["eidas1", "eidas2"][..],
+            ),
+            (
+                l_idp2,
+                &urls.idp2,
+                "Ameli (démo)",
+                "relais-at-ameli",
+                &["eidas1"][..],
+            ),
+            (
+                l_idp3,
+                &urls.idp3,
+                "Ministère de l'Intérieur (démo)",
+                "relais-at-interieur",
+                &["eidas1", "eidas1-mfa"][..],
+            ),
+            (
+                l_idp4,
+                &urls.idp4,
+                "ProConnect Identité (démo)",
+                "relais-at-proconnect",
+                &["eidas1"][..],
+            ),
         ]
         .into_iter()
         .zip(people)
@@ -276,7 +305,17 @@ impl Stack {
             &format!("{}/agent", urls.broker),
             DEMO_AGENT_CLIENT_ID,
             DEMO_AGENT_CLIENT_SECRET,
-            &["openid", "given_name", "usual_name", "email", "uid", "siret", "organizational_unit", "idp_id", "idp_acr"],
+            &[
+                "openid",
+                "given_name",
+                "usual_name",
+                "email",
+                "uid",
+                "siret",
+                "organizational_unit",
+                "idp_id",
+                "idp_acr",
+            ],
         )?;
         serve_on(l_asvc, agent_svc.router());
         let running = crate::server::start(&config, l_broker).await?;
@@ -350,10 +389,22 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
     }
     println!("The person present at both providers gets the same `sub` at the service either way.");
     println!();
-    println!("Agent federation (issuer {}/agent, email-first sign-in):", u.broker);
-    println!("  agent service    {}      <- open this in a browser", u.agent_service);
-    println!("  provider Intérieur (domains interieur.gouv.fr, *.interieur.gouv.fr)  {}", u.idp3);
-    println!("  provider ProConnect Identité (default provider)                       {}", u.idp4);
+    println!(
+        "Agent federation (issuer {}/agent, email-first sign-in):",
+        u.broker
+    );
+    println!(
+        "  agent service    {}      <- open this in a browser",
+        u.agent_service
+    );
+    println!(
+        "  provider Intérieur (domains interieur.gouv.fr, *.interieur.gouv.fr)  {}",
+        u.idp3
+    );
+    println!(
+        "  provider ProConnect Identité (default provider)                       {}",
+        u.idp4
+    );
     for (which, label) in [(1u8, "Intérieur"), (2u8, "ProConnect")] {
         for p in idp::demo_agents(which) {
             println!(

@@ -240,6 +240,7 @@ impl Upstream {
         acr_min: Option<&str>,
         acr_ladder: &[String],
         login_hint: Option<&str>,
+        siret_hint: Option<&str>,
         force_login: bool,
         max_age: Option<i64>,
         interaction: &str,
@@ -278,6 +279,9 @@ impl Upstream {
         }
         if let Some(h) = login_hint {
             req = req.set_login_hint(LoginHint::new(h.to_string()));
+        }
+        if let Some(s) = siret_hint {
+            req = req.add_extra_param("siret_hint", s.to_string());
         }
         if force_login {
             req = req.add_prompt(openidconnect::core::CoreAuthPrompt::Login);

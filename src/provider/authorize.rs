@@ -5,6 +5,8 @@ use super::claims::{claims_for_scopes, ClaimsRequest};
 use super::{
     lang_from, load_session, session_key, set_cookie, Authn, Cookies, Ctx, Params, SessionData,
 };
+use crate::agent::identity::{normalise_email, Route};
+use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, with_query, AppError};
 use crate::identity::{
@@ -13,8 +15,6 @@ use crate::identity::{
 };
 use crate::state::Client;
 use crate::store::Kind;
-use crate::agent::identity::{normalise_email, Route};
-use crate::config::Profile;
 use crate::web::Lang;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -36,6 +36,9 @@ pub struct AuthRequest {
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
     pub idp_hint: Option<String>,
+    /// Agent profile: forwarded to the provider.
+    #[serde(default)]
+    pub siret_hint: Option<String>,
     pub lang: Lang,
     pub claims: ClaimsRequest,
 }
@@ -164,6 +167,10 @@ fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppEr
         max_age: None,
         login_hint: params.get("login_hint").map(str::to_string),
         idp_hint: params.get("idp_hint").map(str::to_string),
+        siret_hint: params
+            .get("siret_hint")
+            .filter(|s| s.len() == 14 && s.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string),
         lang,
         claims: ClaimsRequest::default(),
     };
@@ -479,7 +486,12 @@ async fn authorize_inner(
         url
     } else if fed.cfg.profile == Profile::Agent {
         // Email-first: a login_hint that is an email is routed at once.
-        match inter.req.login_hint.clone().and_then(|h| normalise_email(&h)) {
+        match inter
+            .req
+            .login_hint
+            .clone()
+            .and_then(|h| normalise_email(&h))
+        {
             Some(email) => agent_next(ctx, &id, &mut inter, &email).await?,
             None => fed.url(&format!("/interaction/{id}")),
         }
@@ -509,10 +521,20 @@ async fn authorize_inner(
 
 /// Agent profile: route a professional email to its provider(s); returns
 /// where to send the browser.
-async fn agent_next(ctx: &Ctx, id: &str, inter: &mut Interaction, email: &str) -> Result<String, AppError> {
+async fn agent_next(
+    ctx: &Ctx,
+    id: &str,
+    inter: &mut Interaction,
+    email: &str,
+) -> Result<String, AppError> {
     let fed = &ctx.fed;
     inter.req.login_hint = Some(email.to_string());
-    match crate::agent::route_email(fed, &inter.req.client_id, email, inter.req.acr_min.as_deref()) {
+    match crate::agent::route_email(
+        fed,
+        &inter.req.client_id,
+        email,
+        inter.req.acr_min.as_deref(),
+    ) {
         Route::One(p) | Route::Default(p) => {
             tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %p, via = "email_domain", "identity provider chosen");
             start_upstream(ctx, id, inter, &p).await
@@ -552,7 +574,13 @@ pub async fn email_submit(
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
-        .update(Kind::Interaction, &id, &ctx.fed.id, &data, ctx.now() + ctx.fed.cfg.interaction_ttl_secs)
+        .update(
+            Kind::Interaction,
+            &id,
+            &ctx.fed.id,
+            &data,
+            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
+        )
         .await?;
     Ok(redirect(&url))
 }
@@ -595,6 +623,7 @@ async fn start_upstream(
             inter.req.acr_min.as_deref(),
             &fed.cfg.acr_values,
             inter.req.login_hint.as_deref(),
+            inter.req.siret_hint.as_deref(),
             force_login,
             inter.req.max_age,
             interaction_id,
@@ -739,8 +768,17 @@ pub async fn choose_submit(
     let form = Params::parse(&body).unwrap_or_default();
     check_csrf(&ctx, &inter, &form)?;
     let provider = form.get("provider").unwrap_or("").to_string();
-    if inter.candidates.as_ref().is_some_and(|c| !c.contains(&provider)) {
-        return Err(ctx.page_error(inter.req.lang, StatusCode::BAD_REQUEST, "invalid_request", Some(ctx.back_url(&inter.req, "access_denied"))));
+    if inter
+        .candidates
+        .as_ref()
+        .is_some_and(|c| !c.contains(&provider))
+    {
+        return Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some(ctx.back_url(&inter.req, "access_denied")),
+        ));
     }
     let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
@@ -842,7 +880,11 @@ pub async fn callback(
             let mut claims = identity.to_claims();
             claims.insert("idp_id".into(), json!(provider.cfg.id));
             claims.insert("amr".into(), json!(login.amr));
-            let name = format!("{} {}", identity.given_name, identity.family_name.to_uppercase());
+            let name = format!(
+                "{} {}",
+                identity.given_name,
+                identity.family_name.to_uppercase()
+            );
             (identity.identity_key(), None, name, claims)
         }
         Profile::Agent => {
@@ -856,7 +898,14 @@ pub async fn callback(
             let account = ctx
                 .app
                 .store
-                .agent_account(&fed.id, &provider.cfg.id, &agent.sub, &agent.email, &random_token(16), ctx.now())
+                .agent_account(
+                    &fed.id,
+                    &provider.cfg.id,
+                    &agent.sub,
+                    &agent.email,
+                    &random_token(16),
+                    ctx.now(),
+                )
                 .await?;
             let claims = crate::agent::claims(&agent, &provider.cfg.id, &login);
             let name = format!("{} {}", agent.given_name, agent.usual_name.to_uppercase());
@@ -1109,11 +1158,7 @@ pub async fn consent_submit(
             None,
         ));
     }
-    let sub = pairwise_sub(
-        &ctx.fed.pairwise_secret,
-        &client.sector,
-        &authn.subject_key,
-    );
+    let sub = pairwise_sub(&ctx.fed.pairwise_secret, &client.sector, &authn.subject_key);
     // Explicit consents (private services) are recorded for audit; public
     // services only show information, nothing to record.
     if client.cfg.kind == crate::config::ClientKind::Private {

@@ -48,9 +48,29 @@ pub fn scope_claims(scope: &str) -> &'static [&'static str] {
 
 /// Claims of the agent profile (discovery `claims_supported`).
 pub const AGENT_CLAIMS_SUPPORTED: &[&str] = &[
-    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "at_hash", "sid",
-    "given_name", "usual_name", "email", "uid", "siret", "siren", "organizational_unit",
-    "belonging_population", "phone_number", "idp_id", "idp_acr", "custom",
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "acr",
+    "amr",
+    "at_hash",
+    "sid",
+    "given_name",
+    "usual_name",
+    "email",
+    "uid",
+    "siret",
+    "siren",
+    "organizational_unit",
+    "belonging_population",
+    "phone_number",
+    "idp_id",
+    "idp_acr",
+    "custom",
 ];
 
 /// Every claim name Relais can release (discovery `claims_supported`).

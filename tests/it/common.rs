@@ -114,6 +114,8 @@ impl Env {
                 .replace("IDP2", &urls.idp2)
                 .replace("IDP1", &urls.idp1)
                 .replace("BROKER", &urls.broker)
+                .replace("IDP3", &urls.idp3)
+                .replace("IDP4", &urls.idp4)
         })
         .await
         .unwrap_or_else(|e| panic!("stack did not start: {e}"));

@@ -49,9 +49,15 @@ fn keys_generate_list_rotate_and_config_check() {
         assert!(ok, "{out}");
     }
     let (ok, out) = relais(&["config", "check"], &cfg);
-    assert!(!ok && out.contains("federation agent: no active RS256 key"), "each federation has its own keys: {out}");
+    assert!(
+        !ok && out.contains("federation agent: no active RS256 key"),
+        "each federation has its own keys: {out}"
+    );
     for alg in ["RS256", "ES256", "EdDSA"] {
-        let (ok, out) = relais(&["keys", "generate", "--federation", "agent", "--alg", alg], &cfg);
+        let (ok, out) = relais(
+            &["keys", "generate", "--federation", "agent", "--alg", alg],
+            &cfg,
+        );
         assert!(ok && out.contains("/agent/"), "{out}");
     }
     let (ok, out) = relais(&["config", "check"], &cfg);

@@ -3,6 +3,7 @@
 //! Every storage-touching test runs on SQLite, and on PostgreSQL when
 //! `RELAIS_TEST_DATABASE_URL` is set.
 
+mod agents;
 mod browser;
 mod common;
 mod federations;
