@@ -600,6 +600,12 @@ impl Config {
                         }
                     }
                 }
+                if c.subject_type == SubjectType::Public && f.profile != Profile::Agent {
+                    errs.push(format!(
+                        "{}: \"public\" subjects exist only in agent federations (citizens always get pairwise subjects)",
+                        at("subject_type")
+                    ));
+                }
                 match c.token_endpoint_auth_method {
                     ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
                         if c.client_secret.as_deref().unwrap_or("").is_empty() {

@@ -225,11 +225,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                 alg,
             } => {
                 let dir = keys_dir(&config, &federation)?;
-                keys::rotate(&dir, parse_alg(&alg)?).map_err(|e| e.to_string())?;
-                println!(
-                    "rotated {alg} in {}; running nodes pick it up within 5 seconds",
-                    dir.display()
-                );
+                match keys::rotate(&dir, parse_alg(&alg)?).map_err(|e| e.to_string())? {
+                    keys::Rotation::Rotated => println!(
+                        "rotated {alg} in {}; running nodes pick it up within 5 seconds",
+                        dir.display()
+                    ),
+                    keys::Rotation::NextCreated => println!(
+                        "there was no next {alg} key: one was created and is now published; \
+                         run rotate again once caches have refreshed (a few minutes) to make it active"
+                    ),
+                }
                 Ok(())
             }
         },

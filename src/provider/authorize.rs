@@ -387,6 +387,10 @@ fn sso_usable(ctx: &Ctx, req: &AuthRequest, authn: &Authn) -> bool {
     {
         return false;
     }
+    // Multi-factor levels always mean a fresh upstream sign-in.
+    if crate::agent::wants_mfa(fed, req.acr_min.as_deref()) {
+        return false;
+    }
     if let Some(m) = req.max_age {
         if m == 0 || ctx.now() - authn.auth_time > m {
             return false;
@@ -459,6 +463,11 @@ async fn authorize_inner(
     let mut set_new_cookie = None;
     let (session_id, had_session, existing) = match session {
         Some((sid, data)) => (sid, true, data.authn),
+        // A cookie without a row (a sign-in already under way in another
+        // tab): keep it, so both interactions stay bound to this browser.
+        None if cookies.session_id(fed).is_some() => {
+            (cookies.session_id(fed).unwrap_or_default(), false, None)
+        }
         None => {
             let value = random_token(32);
             let sid = session_key(&value);

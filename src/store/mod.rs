@@ -40,12 +40,27 @@ impl std::error::Error for StoreError {}
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
+        match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-            other => StoreError::Other(other.to_string()),
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            // Connection lost, server shutting down or overloaded (PostgreSQL
+            // class 08, 57P01-57P03, 53300), SQLite busy/locked: retry later.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || matches!(
+                            c.as_ref(),
+                            "57P01" | "57P02" | "57P03" | "53300" | "5" | "6"
+                        )
+                }) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Other(e.to_string()),
         }
     }
 }
@@ -125,12 +140,20 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(PgConnectOptions::from_str(base).map_err(StoreError::from)?)
                     .await?;
-                sqlx::query(&format!(
+                // Several nodes may start at once: a concurrent creation is fine.
+                if let Err(e) = sqlx::query(&format!(
                     "CREATE SCHEMA IF NOT EXISTS \"{}\"",
                     s.replace('"', "")
                 ))
                 .execute(&pool)
-                .await?;
+                .await
+                {
+                    let benign = matches!(&e, sqlx::Error::Database(d)
+                        if d.code().is_some_and(|c| c == "23505" || c == "42P06"));
+                    if !benign {
+                        return Err(e.into());
+                    }
+                }
                 pool.close().await;
             }
             let pool = PgPoolOptions::new()

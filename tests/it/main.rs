@@ -11,5 +11,6 @@ mod flows;
 mod keys_cli;
 mod multinode;
 mod negative;
+mod outage;
 mod serve;
 mod storage;
