@@ -92,6 +92,8 @@ pub struct UpstreamLogin {
 
 struct JwksCache {
     keys: Option<CoreJsonWebKeySet>,
+    /// The same keys as JSON, for signature checks with ring.
+    json: Option<Value>,
     fetched: Option<Instant>,
 }
 
@@ -130,6 +132,7 @@ impl Upstream {
             meta: RwLock::new(None),
             jwks: Mutex::new(JwksCache {
                 keys: None,
+                json: None,
                 fetched: None,
             }),
             cooldown,
@@ -176,6 +179,7 @@ impl Upstream {
                 .map_err(http_err)?,
         };
         if let Ok(mut j) = self.jwks.lock() {
+            j.json = serde_json::to_value(meta.jwks()).ok();
             j.keys = Some(meta.jwks().clone());
             j.fetched = Some(Instant::now());
         }
@@ -304,6 +308,15 @@ impl Upstream {
         ))
     }
 
+    fn cached_jwks_json(&self, meta: &Metadata) -> Value {
+        self.jwks
+            .lock()
+            .ok()
+            .and_then(|j| j.json.clone())
+            .or_else(|| serde_json::to_value(meta.jwks()).ok())
+            .unwrap_or(Value::Null)
+    }
+
     fn cached_jwks(&self) -> Option<CoreJsonWebKeySet> {
         self.jwks.lock().ok().and_then(|j| j.keys.clone())
     }
@@ -327,6 +340,7 @@ impl Upstream {
             .await
             .map_err(http_err)?;
         if let Ok(mut j) = self.jwks.lock() {
+            j.json = serde_json::to_value(&keys).ok();
             j.keys = Some(keys);
             j.fetched = Some(Instant::now());
         }
@@ -375,6 +389,27 @@ impl Upstream {
             .ok_or_else(|| UpstreamError::InvalidToken("no id_token in token response".into()))?
             .clone();
         let nonce = Nonce::new(pending.nonce.clone());
+        let raw = id_token.to_string();
+        // Signatures in RS256, ES256 and EdDSA are checked with ring against
+        // the cached JWKS (refetched once, with a cooldown, on an unknown kid);
+        // the claims (iss, aud, exp, iat, nonce) with openidconnect. Any other
+        // algorithm (PS256) is checked entirely by openidconnect; `none` and
+        // HMAC algorithms are refused by both.
+        let ring_alg = crate::crypto::jws::Unverified::parse(&raw)
+            .ok()
+            .and_then(|u| u.alg().ok());
+        if ring_alg.is_some() {
+            let mut checked =
+                crate::crypto::jws::verify_with_jwks(&raw, &self.cached_jwks_json(&meta))
+                    .map(|_| ());
+            if checked == Err(crate::crypto::JwsError::UnknownKey)
+                && self.refetch_jwks(http, &meta).await?
+            {
+                checked = crate::crypto::jws::verify_with_jwks(&raw, &self.cached_jwks_json(&meta))
+                    .map(|_| ());
+            }
+            checked.map_err(|e| UpstreamError::InvalidToken(format!("signature: {e}")))?;
+        }
         let verify = |keys: CoreJsonWebKeySet| {
             let verifier = CoreIdTokenVerifier::new_public_client(
                 ClientId::new(self.cfg.client_id.clone()),
@@ -387,6 +422,12 @@ impl Upstream {
                 CoreJwsSigningAlgorithm::EdDsa,
                 CoreJwsSigningAlgorithm::RsaSsaPssSha256,
             ]);
+            let verifier = if ring_alg.is_some() {
+                // Signature already verified with ring just above.
+                verifier.insecure_disable_signature_check()
+            } else {
+                verifier
+            };
             id_token.claims(&verifier, &nonce).map(|_| ())
         };
         let keys = self.cached_jwks().unwrap_or_else(|| meta.jwks().clone());
@@ -405,7 +446,6 @@ impl Upstream {
         }
         // The token is verified: read its claims as JSON (all of them, including
         // the non-standard pivot claims such as birthplace).
-        let raw = id_token.to_string();
         let mut claims = decode_payload(&raw)
             .ok_or_else(|| UpstreamError::InvalidToken("unreadable payload".into()))?;
         let sub = claims
@@ -495,8 +535,10 @@ impl Upstream {
         if ctype.starts_with("application/jwt") {
             // Signed userinfo: verify with the provider's keys.
             let jwks = self
-                .cached_jwks()
-                .and_then(|k| serde_json::to_value(k).ok())
+                .jwks
+                .lock()
+                .ok()
+                .and_then(|j| j.json.clone())
                 .unwrap_or(Value::Null);
             let u = crate::crypto::jws::verify_with_jwks(body.trim(), &jwks)
                 .map_err(|e| UpstreamError::InvalidToken(format!("userinfo: {e}")))?;
