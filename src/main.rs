@@ -52,7 +52,7 @@ enum Cmd {
     HashSecret,
     /// Load tool: drive complete sign-ins (or one endpoint) against a Relais it starts.
     Bench {
-        /// signin, signin-choice, userinfo, discovery or jwks.
+        /// signin, signin-choice, token, userinfo, discovery or jwks.
         #[arg(long, default_value = "signin")]
         mode: String,
         /// PostgreSQL URL; default: a temporary SQLite file.
