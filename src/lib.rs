@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod federation;
 pub mod identity;
+pub mod mandates;
 pub mod provider;
 pub mod server;
 pub mod state;

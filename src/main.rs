@@ -80,6 +80,89 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RegistryCmd,
     },
+    /// Aidants: organisations, aidant accounts, mandates.
+    Aidants {
+        #[command(subcommand)]
+        cmd: AidantsCmd,
+    },
+    /// The tamper-evident journal of aidant actions.
+    Journal {
+        #[command(subcommand)]
+        cmd: JournalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AidantsCmd {
+    /// Create an organisation (structure habilitée).
+    OrgCreate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// 14 digits, Luhn-checked.
+        #[arg(long)]
+        siret: String,
+        /// Procedure domains its mandates may cover, comma-separated (default: all).
+        #[arg(long)]
+        domains: Option<String>,
+    },
+    /// List organisations.
+    OrgList {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Create an aidant (password read from standard input); prints the TOTP secret once.
+    Create {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// SIRET of the aidant's organisation.
+        #[arg(long)]
+        org: String,
+        /// Référent of the organisation (manages its aidants and mandates).
+        #[arg(long)]
+        referent: bool,
+    },
+    /// Replace an aidant's TOTP secret (and unlock the account); prints the new secret once.
+    ResetTotp {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        email: String,
+    },
+    /// List an organisation's mandates and their domains.
+    Mandates {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        /// SIRET of the organisation.
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Check the whole hash chain and the signed heads; exits non-zero at the first broken entry.
+    Verify {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Print the journal as JSON lines (entries, then signed heads).
+    Export {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Sign the current chain head with the federation's active ES256 key.
+    SignHead {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "citizen")]
+        federation: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +397,53 @@ async fn run(cli: Cli) -> Result<(), String> {
                 std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let n = relais::server::import_registry(&c, &text).await?;
             println!("{n} people loaded into the registry");
+            Ok(())
+        }
+        Cmd::Aidants { cmd } => {
+            use relais::mandates::cli;
+            let out = match cmd {
+                AidantsCmd::OrgCreate {
+                    config,
+                    name,
+                    siret,
+                    domains,
+                } => cli::org_create(&load(&config)?, &name, &siret, domains.as_deref()).await?,
+                AidantsCmd::OrgList { config } => cli::org_list(&load(&config)?).await?,
+                AidantsCmd::Create {
+                    config,
+                    email,
+                    name,
+                    org,
+                    referent,
+                } => {
+                    let c = load(&config)?;
+                    let password = cli::read_password()?;
+                    cli::aidant_create(&c, &email, &name, &org, referent, &password).await?
+                }
+                AidantsCmd::ResetTotp { config, email } => {
+                    cli::reset_totp(&load(&config)?, &email).await?
+                }
+                AidantsCmd::Mandates { config, org } => {
+                    cli::mandates(&load(&config)?, &org).await?
+                }
+            };
+            println!("{out}");
+            Ok(())
+        }
+        Cmd::Journal { cmd } => {
+            use relais::mandates::cli;
+            match cmd {
+                JournalCmd::Verify { config } => {
+                    println!("{}", cli::journal_verify(&load(&config)?).await?);
+                }
+                JournalCmd::Export { config } => cli::journal_export(&load(&config)?).await?,
+                JournalCmd::SignHead { config, federation } => {
+                    println!(
+                        "{}",
+                        cli::journal_sign_head(&load(&config)?, &federation).await?
+                    );
+                }
+            }
             Ok(())
         }
     }

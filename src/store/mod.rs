@@ -494,3 +494,5 @@ impl Store {
         Ok(total)
     }
 }
+
+mod mandates;

@@ -9,6 +9,7 @@ mod common;
 mod federations;
 mod flows;
 mod keys_cli;
+mod mandates;
 mod multinode;
 mod negative;
 mod outage;

@@ -1,0 +1,114 @@
+-- Aidants (helpers acting for a citizen under a mandate): organisations,
+-- aidants, usagers, mandates, per-domain authorisations, and the
+-- tamper-evident journal. Times are Unix seconds.
+CREATE TABLE organisations (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    siret TEXT NOT NULL UNIQUE,
+    active BIGINT NOT NULL DEFAULT 1,
+    -- JSON array of procedure domains; empty array: the default list.
+    domains TEXT NOT NULL DEFAULT '[]',
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE aidants (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    -- argon2id PHC string.
+    password_hash TEXT NOT NULL,
+    -- base32 TOTP secret, stored as is for now (to be encrypted at rest).
+    totp_secret TEXT NOT NULL,
+    -- Last accepted TOTP time step: a code is never accepted twice.
+    totp_last_step BIGINT NOT NULL DEFAULT 0,
+    failed_attempts BIGINT NOT NULL DEFAULT 0,
+    locked_until BIGINT NOT NULL DEFAULT 0,
+    current_org TEXT NULL REFERENCES organisations (id),
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE aidant_orgs (
+    aidant_id TEXT NOT NULL REFERENCES aidants (id),
+    org_id TEXT NOT NULL REFERENCES organisations (id),
+    role TEXT NOT NULL CHECK (role IN ('aidant', 'referent')),
+    PRIMARY KEY (aidant_id, org_id)
+);
+CREATE INDEX aidant_orgs_org ON aidant_orgs (org_id);
+
+CREATE TABLE usagers (
+    id TEXT PRIMARY KEY,
+    identity_key TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE mandates (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organisations (id),
+    usager_id TEXT NOT NULL REFERENCES usagers (id),
+    created_by TEXT NOT NULL REFERENCES aidants (id),
+    consent_version TEXT NOT NULL,
+    consent_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX mandates_org ON mandates (org_id);
+CREATE INDEX mandates_usager ON mandates (usager_id);
+
+-- One row per procedure domain of a mandate. At most one active row per
+-- (usager, organisation, domain): enforced in code, which revokes the
+-- previous one in the same transaction.
+CREATE TABLE authorisations (
+    id TEXT PRIMARY KEY,
+    mandate_id TEXT NOT NULL REFERENCES mandates (id),
+    domain TEXT NOT NULL,
+    starts_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT NULL,
+    revoked_by TEXT NULL
+);
+CREATE INDEX authorisations_mandate ON authorisations (mandate_id);
+
+-- Hash chain: hash = SHA-256 over (seq, at, kind, actor, org_id, data_hash,
+-- prev_hash); data holds JSON where personal fields are replaced by salted
+-- hashes.
+CREATE TABLE journal (
+    seq BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    org_id TEXT NULL,
+    data_hash TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+
+-- Signed chain heads: a compact JWS over {seq, hash} by a Relais key.
+CREATE TABLE journal_heads (
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX journal_heads_seq ON journal_heads (seq);
+
+-- The journal and its signed heads are append-only.
+CREATE FUNCTION relais_journal_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'journal is append-only';
+END;
+$$;
+
+CREATE TRIGGER journal_append_only
+    BEFORE UPDATE OR DELETE ON journal
+    FOR EACH ROW EXECUTE FUNCTION relais_journal_append_only();
+CREATE TRIGGER journal_no_truncate
+    BEFORE TRUNCATE ON journal
+    FOR EACH STATEMENT EXECUTE FUNCTION relais_journal_append_only();
+CREATE TRIGGER journal_heads_append_only
+    BEFORE UPDATE OR DELETE ON journal_heads
+    FOR EACH ROW EXECUTE FUNCTION relais_journal_append_only();
+CREATE TRIGGER journal_heads_no_truncate
+    BEFORE TRUNCATE ON journal_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION relais_journal_append_only();

@@ -1,0 +1,297 @@
+//! `relais aidants …` and `relais journal …`: the admin command line over
+//! the aidants storage and the journal. Each function returns the text to
+//! print, or an error message (the command then exits non-zero).
+
+use super::journal;
+use super::{Actor, NewAidant, Role, Salt, SALT_FILE};
+use crate::config::Config;
+use crate::crypto::{Alg, KeySet};
+use crate::server::open_store;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The deployment's journal salt: `{keys_dir}/journal-salt`, created on
+/// first use.
+pub fn salt(config: &Config) -> Result<Salt, String> {
+    Salt::load_or_create(&config.server.keys_dir.join(SALT_FILE))
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for Unix seconds.
+pub fn utc(ts: i64) -> String {
+    let days = ts.div_euclid(86_400);
+    let secs = ts.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
+/// Read one line (the password) from standard input, without its newline.
+pub fn read_password() -> Result<String, String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_line(&mut s)
+        .map_err(|e| format!("reading the password from standard input: {e}"))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+pub async fn org_create(
+    config: &Config,
+    name: &str,
+    siret: &str,
+    domains: Option<&str>,
+) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let domains: Vec<String> = domains
+        .map(|d| {
+            d.split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let org = store
+        .create_organisation(name, siret, &domains, &Actor::Admin, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "organisation {} created (SIRET {}, id {}, domains: {})",
+        org.name,
+        org.siret,
+        org.id,
+        org.allowed_domains().join(", ")
+    ))
+}
+
+pub async fn org_list(config: &Config) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let orgs = store
+        .list_organisations()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for o in orgs {
+        let _ = writeln!(
+            out,
+            "{}  {}  {}  {}",
+            o.siret,
+            if o.active { "active  " } else { "inactive" },
+            o.name,
+            o.allowed_domains().join(",")
+        );
+    }
+    Ok(out.trim_end().to_string())
+}
+
+pub async fn aidant_create(
+    config: &Config,
+    email: &str,
+    name: &str,
+    org_siret: &str,
+    referent: bool,
+    password: &str,
+) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let salt = salt(config)?;
+    let org = store
+        .organisation_by_siret(org_siret)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no organisation with SIRET {org_siret}"))?;
+    let created = store
+        .create_aidant(
+            &NewAidant {
+                email,
+                name,
+                password,
+                org_id: &org.id,
+                role: if referent {
+                    Role::Referent
+                } else {
+                    Role::Aidant
+                },
+            },
+            &Actor::Admin,
+            &salt,
+            now(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "aidant {} created in {} (id {})\n\
+         Enrol the TOTP secret in an authenticator app now; it is not shown again.\n\
+         secret: {}\n\
+         otpauth URI: {}",
+        created.email,
+        org.name,
+        created.id,
+        created.totp_secret,
+        created.otpauth_uri()
+    ))
+}
+
+pub async fn reset_totp(config: &Config, email: &str) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let created = store
+        .reset_totp(email, &Actor::Admin, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "TOTP secret of {} replaced (account unlocked); the old codes no longer work.\n\
+         secret: {}\n\
+         otpauth URI: {}",
+        created.email,
+        created.totp_secret,
+        created.otpauth_uri()
+    ))
+}
+
+pub async fn mandates(config: &Config, org_siret: &str) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let org = store
+        .organisation_by_siret(org_siret)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no organisation with SIRET {org_siret}"))?;
+    let list = store
+        .list_mandates(&org.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = now();
+    let mut out = format!(
+        "{} (SIRET {}): {} mandate(s)\n",
+        org.name,
+        org.siret,
+        list.len()
+    );
+    for m in list {
+        let _ = writeln!(
+            out,
+            "mandate {}  usager {}  created {} by aidant {}  consent {} ({})",
+            m.id,
+            m.usager_id,
+            utc(m.created_at),
+            m.created_by,
+            m.consent_version,
+            m.consent_hash
+        );
+        for a in &m.authorisations {
+            let _ = write!(
+                out,
+                "    {:12} {:8} {} -> {}",
+                a.domain,
+                a.status(now),
+                utc(a.starts_at),
+                utc(a.expires_at)
+            );
+            if let (Some(at), Some(by)) = (a.revoked_at, &a.revoked_by) {
+                let _ = write!(out, "  revoked {} by {by}", utc(at));
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out.trim_end().to_string())
+}
+
+/// Key sets of every federation (to check head signatures).
+fn all_keys(config: &Config) -> (Vec<Arc<KeySet>>, Vec<String>) {
+    let mut sets = Vec::new();
+    let mut warnings = Vec::new();
+    for id in config.federations.keys() {
+        match KeySet::load(&config.server.keys_dir.join(id)) {
+            Ok(set) => sets.push(Arc::new(set)),
+            Err(e) => warnings.push(format!("warning: keys of federation {id}: {e}")),
+        }
+    }
+    (sets, warnings)
+}
+
+pub async fn journal_verify(config: &Config) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let (keys, mut lines) = all_keys(config);
+    let r = journal::verify_with_keys(&store, &keys)
+        .await
+        .map_err(|e| match e {
+            journal::JournalError::Broken { seq, reason } => {
+                format!("journal BROKEN at entry {seq}: {reason}")
+            }
+            other => other.to_string(),
+        })?;
+    if r.unknown_keys > 0 {
+        lines.push(format!(
+            "warning: {} signed head(s) made with keys no longer in the key folder: signatures not checked",
+            r.unknown_keys
+        ));
+    }
+    lines.push(format!(
+        "journal verified: {} entries, {} signed head(s), {} signature(s) checked",
+        r.entries, r.heads, r.signatures_verified
+    ));
+    Ok(lines.join("\n"))
+}
+
+/// Write the journal as JSON lines to standard output.
+pub async fn journal_export(config: &Config) -> Result<(), String> {
+    let store = open_store(config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    journal::export(&store, &mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+}
+
+pub async fn journal_sign_head(config: &Config, federation: &str) -> Result<String, String> {
+    if !config.federations.contains_key(federation) {
+        return Err(format!("no federation {federation:?} in the configuration"));
+    }
+    let dir = config.server.keys_dir.join(federation);
+    let set = KeySet::load(&dir).map_err(|e| e.to_string())?;
+    let key = set.signer(Alg::ES256).ok_or_else(|| {
+        format!(
+            "no active ES256 key in {} (relais keys generate --federation {federation} --alg ES256)",
+            dir.display()
+        )
+    })?;
+    let store = open_store(config).await?;
+    let head = journal::sign_head(&store, key, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "signed journal head: entry {} hash {} (key {})",
+        head.seq, head.hash, head.kid
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(utc(-86_400), "1969-12-31 00:00 UTC");
+    }
+}

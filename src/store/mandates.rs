@@ -1,0 +1,982 @@
+//! Storage for aidants (see `crate::mandates`): organisations, aidants,
+//! usagers, mandates with their per-domain authorisations, and the journal.
+//!
+//! Every action runs in one write transaction together with its journal
+//! entry, so an action is never recorded without happening nor the reverse.
+//! Write transactions are serialised: `BEGIN IMMEDIATE` on SQLite, and on
+//! PostgreSQL `LOCK TABLE journal IN EXCLUSIVE MODE` as their first
+//! statement (readers are not blocked). The journal's next `seq` and
+//! `prev_hash` are read under that lock, so concurrent appends never fork
+//! the chain, and "one active authorisation per (usager, organisation,
+//! domain)" holds without races.
+
+use super::{Backend, Result, Store, StoreError};
+use crate::agent::identity::{normalise_email, valid_siret};
+use crate::crypto::random_token;
+use crate::crypto::secrets::{hash_secret, verify_secret};
+use crate::mandates::journal::{Entry, Event, Head, Pending};
+use crate::mandates::{
+    totp, valid_domain_name, Actor, Aidant, AidantCreated, AidantLogin, Authorisation, LoginError,
+    Mandate, MandateError, NewAidant, NewMandate, Organisation, Role, Salt, LOCK_SECS,
+    MAX_DURATION_DAYS, MAX_FAILED_ATTEMPTS, MIN_PASSWORD_CHARS,
+};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// A write transaction on either backend.
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Run `$body` with `$t` bound to the transaction, whatever the backend.
+macro_rules! tx {
+    ($tx:expr, $t:ident => $body:expr) => {
+        match $tx {
+            Tx::Sqlite($t) => $body,
+            Tx::Postgres($t) => $body,
+        }
+    };
+}
+
+impl Tx {
+    async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Append to the journal after its current last entry.
+    async fn append(&mut self, pending: Pending) -> Result<Entry> {
+        let last: Option<(i64, String)> = tx!(self, t => sqlx::query_as(
+            "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **t).await)?;
+        let e = pending.seal(last);
+        tx!(self, t => sqlx::query(
+            "INSERT INTO journal (seq, at, kind, actor, org_id, data_hash, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(e.seq).bind(e.at).bind(&e.kind).bind(&e.actor).bind(e.org_id.as_deref())
+            .bind(&e.data_hash).bind(&e.data).bind(&e.prev_hash).bind(&e.hash)
+            .execute(&mut **t).await.map(|_| ()))?;
+        Ok(e)
+    }
+
+    /// Append an event without personal fields.
+    async fn record(&mut self, event: Event<'_>, now: i64) -> Result<Entry> {
+        self.append(event.prepare(None, now)).await
+    }
+}
+
+type OrgRow = (String, String, String, i64, String, i64);
+type AuthRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+type MandateRow = (String, String, String, String, String, String, i64);
+
+fn org_from(row: OrgRow) -> Result<Organisation> {
+    let (id, name, siret, active, domains, created_at) = row;
+    let domains: Vec<String> = serde_json::from_str(&domains)
+        .map_err(|e| StoreError::Other(format!("organisation {id}: bad domains: {e}")))?;
+    Ok(Organisation {
+        id,
+        name,
+        siret,
+        active: active != 0,
+        domains,
+        created_at,
+    })
+}
+
+fn auth_from(row: AuthRow) -> Authorisation {
+    let (id, mandate_id, domain, starts_at, expires_at, revoked_at, revoked_by) = row;
+    Authorisation {
+        id,
+        mandate_id,
+        domain,
+        starts_at,
+        expires_at,
+        revoked_at,
+        revoked_by,
+    }
+}
+
+fn mandates_from(rows: Vec<MandateRow>, auths: Vec<AuthRow>) -> Vec<Mandate> {
+    let mut by_mandate: HashMap<String, Vec<Authorisation>> = HashMap::new();
+    for a in auths {
+        let a = auth_from(a);
+        by_mandate.entry(a.mandate_id.clone()).or_default().push(a);
+    }
+    rows.into_iter()
+        .map(
+            |(id, org_id, usager_id, created_by, consent_version, consent_hash, created_at)| {
+                let authorisations = by_mandate.remove(&id).unwrap_or_default();
+                Mandate {
+                    id,
+                    org_id,
+                    usager_id,
+                    created_by,
+                    consent_version,
+                    consent_hash,
+                    created_at,
+                    authorisations,
+                }
+            },
+        )
+        .collect()
+}
+
+/// Argon2 off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("worker failed: {e}")))
+}
+
+/// A hash to verify against when the e-mail is unknown, so that an unknown
+/// account costs the same argon2 run as a wrong password.
+async fn burn_argon2(password: &str) {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let password = password.to_string();
+    let _ = blocking(move || {
+        let dummy = DUMMY
+            .get_or_init(|| hash_secret("relais-no-such-aidant").unwrap_or_else(|_| String::new()));
+        verify_secret(dummy, &password)
+    })
+    .await;
+}
+
+const MANDATE_COLUMNS: &str =
+    "id, org_id, usager_id, created_by, consent_version, consent_hash, created_at";
+const AUTH_COLUMNS: &str =
+    "a.id, a.mandate_id, a.domain, a.starts_at, a.expires_at, a.revoked_at, a.revoked_by";
+
+impl Store {
+    /// Begin a write transaction serialised with every other one (and with
+    /// journal appends).
+    async fn begin_write(&self) -> Result<Tx> {
+        match &self.backend {
+            Backend::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+            Backend::Postgres(p) => {
+                let mut t = p.begin().await?;
+                sqlx::query("LOCK TABLE journal IN EXCLUSIVE MODE")
+                    .execute(&mut *t)
+                    .await?;
+                Ok(Tx::Postgres(t))
+            }
+        }
+    }
+
+    // ---- journal ------------------------------------------------------------
+
+    /// Append one entry in its own transaction.
+    pub async fn journal_append(&self, pending: Pending) -> Result<Entry> {
+        let mut tx = self.begin_write().await?;
+        let e = tx.append(pending).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// (seq, hash) of the last entry.
+    pub async fn journal_last(&self) -> Result<Option<(i64, String)>> {
+        let row: Option<(i64, String)> = on!(self, p => sqlx::query_as(
+            "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(p).await)?;
+        Ok(row)
+    }
+
+    /// Up to `limit` entries with `seq > after`, in order.
+    pub async fn journal_page(&self, after: i64, limit: i64) -> Result<Vec<Entry>> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+        )> = on!(self, p => sqlx::query_as(
+                "SELECT seq, at, kind, actor, org_id, data_hash, data, prev_hash, hash FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after).bind(limit).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, at, kind, actor, org_id, data_hash, data, prev_hash, hash)| Entry {
+                    seq,
+                    at,
+                    kind,
+                    actor,
+                    org_id,
+                    data_hash,
+                    data,
+                    prev_hash,
+                    hash,
+                },
+            )
+            .collect())
+    }
+
+    /// Every signed head.
+    pub async fn journal_heads(&self) -> Result<Vec<Head>> {
+        let rows: Vec<(i64, String, String, String, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT seq, hash, signature, kid, at FROM journal_heads ORDER BY seq, at")
+            .fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, hash, signature, kid, at)| Head {
+                seq,
+                hash,
+                signature,
+                kid,
+                at,
+            })
+            .collect())
+    }
+
+    pub async fn journal_insert_head(&self, head: &Head) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "INSERT INTO journal_heads (seq, hash, signature, kid, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(head.seq).bind(&head.hash).bind(&head.signature).bind(&head.kid).bind(head.at)
+            .execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    // ---- organisations ------------------------------------------------------
+
+    /// Create an organisation. The SIRET must be 14 digits passing the Luhn
+    /// check; `domains` empty means the default list.
+    pub async fn create_organisation(
+        &self,
+        name: &str,
+        siret: &str,
+        domains: &[String],
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<Organisation, MandateError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(MandateError::Invalid(
+                "the organisation name must have 1 to 200 characters".into(),
+            ));
+        }
+        let siret: String = siret.chars().filter(|c| !c.is_whitespace()).collect();
+        if !valid_siret(&siret) {
+            return Err(MandateError::Invalid(format!(
+                "invalid SIRET {siret:?}: 14 digits passing the Luhn check expected"
+            )));
+        }
+        let mut list: Vec<String> = Vec::new();
+        for d in domains {
+            let d = d.trim().to_string();
+            if !valid_domain_name(&d) {
+                return Err(MandateError::Invalid(format!("invalid domain {d:?}")));
+            }
+            if !list.contains(&d) {
+                list.push(d);
+            }
+        }
+        let domains_json = serde_json::to_string(&list)
+            .map_err(|e| MandateError::Invalid(format!("domains: {e}")))?;
+        let id = random_token(16);
+        let mut tx = self.begin_write().await?;
+        let n = tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO organisations (id, name, siret, active, domains, created_at) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (siret) DO NOTHING")
+            .bind(&id).bind(name).bind(&siret).bind(&domains_json).bind(now)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            return Err(MandateError::Conflict(format!(
+                "an organisation with SIRET {siret} already exists"
+            )));
+        }
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: "organisation.created",
+                actor: &actor_name,
+                org_id: Some(&id),
+                data: json!({"name": name, "siret": siret, "domains": list}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Organisation {
+            id,
+            name: name.to_string(),
+            siret,
+            active: true,
+            domains: list,
+            created_at: now,
+        })
+    }
+
+    pub async fn list_organisations(&self) -> Result<Vec<Organisation>> {
+        let rows: Vec<OrgRow> = on!(self, p => sqlx::query_as(
+            "SELECT id, name, siret, active, domains, created_at FROM organisations ORDER BY name, siret")
+            .fetch_all(p).await)?;
+        rows.into_iter().map(org_from).collect()
+    }
+
+    pub async fn organisation_by_siret(&self, siret: &str) -> Result<Option<Organisation>> {
+        let siret: String = siret.chars().filter(|c| !c.is_whitespace()).collect();
+        let row: Option<OrgRow> = on!(self, p => sqlx::query_as(
+            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE siret = $1")
+            .bind(&siret).fetch_optional(p).await)?;
+        row.map(org_from).transpose()
+    }
+
+    pub async fn organisation(&self, id: &str) -> Result<Option<Organisation>> {
+        let row: Option<OrgRow> = on!(self, p => sqlx::query_as(
+            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?;
+        row.map(org_from).transpose()
+    }
+
+    // ---- aidants ------------------------------------------------------------
+
+    /// Create an aidant in a first organisation. Returns the TOTP secret,
+    /// to show once for enrolment. The password is stored as argon2id.
+    pub async fn create_aidant(
+        &self,
+        new: &NewAidant<'_>,
+        actor: &Actor,
+        salt: &Salt,
+        now: i64,
+    ) -> std::result::Result<AidantCreated, MandateError> {
+        let email = normalise_email(new.email)
+            .ok_or_else(|| MandateError::Invalid(format!("invalid e-mail {:?}", new.email)))?;
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(MandateError::Invalid(
+                "the name must have 1 to 200 characters".into(),
+            ));
+        }
+        if new.password.chars().count() < MIN_PASSWORD_CHARS {
+            return Err(MandateError::Invalid(format!(
+                "the password must have at least {MIN_PASSWORD_CHARS} characters"
+            )));
+        }
+        let password = new.password.to_string();
+        let password_hash = blocking(move || hash_secret(&password))
+            .await?
+            .map_err(|e| MandateError::Store(StoreError::Other(e)))?;
+        let secret = totp::generate_secret().map_err(StoreError::Other)?;
+        let id = random_token(16);
+        let mut tx = self.begin_write().await?;
+        let org: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id FROM organisations WHERE id = $1")
+            .bind(new.org_id).fetch_optional(&mut **t).await)?;
+        if org.is_none() {
+            return Err(MandateError::NotFound("organisation"));
+        }
+        let n = tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO aidants (id, email, name, password_hash, totp_secret, totp_last_step, failed_attempts, locked_until, current_org, created_at) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, $6, $7) ON CONFLICT (email) DO NOTHING")
+            .bind(&id).bind(&email).bind(name).bind(&password_hash).bind(&secret).bind(new.org_id).bind(now)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            return Err(MandateError::Conflict(
+                "an aidant with this e-mail already exists".into(),
+            ));
+        }
+        tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO aidant_orgs (aidant_id, org_id, role) VALUES ($1, $2, $3)")
+            .bind(&id).bind(new.org_id).bind(new.role.as_str())
+            .execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = actor.name();
+        tx.append(
+            Event {
+                kind: "aidant.created",
+                actor: &actor_name,
+                org_id: Some(new.org_id),
+                data: json!({"aidant_id": id, "role": new.role.as_str()}),
+                personal: vec![("email", email.clone()), ("name", name.to_string())],
+            }
+            .prepare(Some(salt), now),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AidantCreated {
+            id,
+            email,
+            totp_secret: secret,
+        })
+    }
+
+    /// Add an aidant to an organisation, or change their role there.
+    pub async fn add_aidant_to_org(
+        &self,
+        aidant_id: &str,
+        org_id: &str,
+        role: Role,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<(), MandateError> {
+        let mut tx = self.begin_write().await?;
+        let org: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id FROM organisations WHERE id = $1")
+            .bind(org_id).fetch_optional(&mut **t).await)?;
+        if org.is_none() {
+            return Err(MandateError::NotFound("organisation"));
+        }
+        let aidant: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id FROM aidants WHERE id = $1")
+            .bind(aidant_id).fetch_optional(&mut **t).await)?;
+        if aidant.is_none() {
+            return Err(MandateError::NotFound("aidant"));
+        }
+        tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO aidant_orgs (aidant_id, org_id, role) VALUES ($1, $2, $3) ON CONFLICT (aidant_id, org_id) DO UPDATE SET role = excluded.role")
+            .bind(aidant_id).bind(org_id).bind(role.as_str())
+            .execute(&mut **t).await.map(|_| ()))?;
+        tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET current_org = $1 WHERE id = $2 AND current_org IS NULL")
+            .bind(org_id).bind(aidant_id)
+            .execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: "aidant.org_added",
+                actor: &actor_name,
+                org_id: Some(org_id),
+                data: json!({"aidant_id": aidant_id, "role": role.as_str()}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Make `org_id` the aidant's current organisation (they must belong to it).
+    pub async fn switch_organisation(
+        &self,
+        aidant_id: &str,
+        org_id: &str,
+        now: i64,
+    ) -> std::result::Result<(), MandateError> {
+        let mut tx = self.begin_write().await?;
+        let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
+            .bind(aidant_id).bind(org_id).fetch_optional(&mut **t).await)?;
+        if member.is_none() {
+            return Err(MandateError::NotAllowed);
+        }
+        tx!(&mut tx, t => sqlx::query("UPDATE aidants SET current_org = $1 WHERE id = $2")
+            .bind(org_id).bind(aidant_id).execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
+        tx.record(
+            Event {
+                kind: "aidant.org_switched",
+                actor: &actor_name,
+                org_id: Some(org_id),
+                data: json!({"aidant_id": aidant_id}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replace an aidant's TOTP secret (and unlock the account). Returns the
+    /// new secret, to show once.
+    pub async fn reset_totp(
+        &self,
+        email: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<AidantCreated, MandateError> {
+        let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
+        let secret = totp::generate_secret().map_err(StoreError::Other)?;
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
+            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE email = $2 RETURNING id, current_org")
+            .bind(&secret).bind(&email).fetch_optional(&mut **t).await)?;
+        let Some((id, current_org)) = row else {
+            return Err(MandateError::NotFound("aidant"));
+        };
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: "aidant.totp_reset",
+                actor: &actor_name,
+                org_id: current_org.as_deref(),
+                data: json!({"aidant_id": id}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AidantCreated {
+            id,
+            email,
+            totp_secret: secret,
+        })
+    }
+
+    pub async fn aidant_by_email(&self, email: &str) -> Result<Option<Aidant>> {
+        let Some(email) = normalise_email(email) else {
+            return Ok(None);
+        };
+        #[allow(clippy::type_complexity)]
+        let row: Option<(String, String, String, Option<String>, i64, i64, i64, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT id, email, name, current_org, failed_attempts, locked_until, totp_last_step, created_at FROM aidants WHERE email = $1")
+            .bind(&email).fetch_optional(p).await)?;
+        let Some((
+            id,
+            email,
+            name,
+            current_org,
+            failed_attempts,
+            locked_until,
+            totp_last_step,
+            created_at,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        let orgs: Vec<(String, String)> = on!(self, p => sqlx::query_as(
+            "SELECT org_id, role FROM aidant_orgs WHERE aidant_id = $1 ORDER BY org_id")
+            .bind(&id).fetch_all(p).await)?;
+        Ok(Some(Aidant {
+            id,
+            email,
+            name,
+            current_org,
+            failed_attempts,
+            locked_until,
+            totp_last_step,
+            created_at,
+            orgs: orgs
+                .into_iter()
+                .filter_map(|(o, r)| Role::parse(&r).map(|r| (o, r)))
+                .collect(),
+        }))
+    }
+
+    /// The aidants of an organisation with their role, by e-mail.
+    pub async fn org_aidants(&self, org_id: &str) -> Result<Vec<(String, String, Role)>> {
+        let rows: Vec<(String, String, String)> = on!(self, p => sqlx::query_as(
+            "SELECT a.id, a.email, o.role FROM aidants a JOIN aidant_orgs o ON o.aidant_id = a.id WHERE o.org_id = $1 ORDER BY a.email")
+            .bind(org_id).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, email, r)| Role::parse(&r).map(|r| (id, email, r)))
+            .collect())
+    }
+
+    /// Check an aidant's e-mail, password and TOTP code. Every failure is
+    /// the same [`LoginError::Refused`]. After [`MAX_FAILED_ATTEMPTS`]
+    /// failures in a row the account is locked for [`LOCK_SECS`], during
+    /// which even correct credentials are refused. A code is accepted at
+    /// most once (its time step is stored).
+    pub async fn verify_password_and_totp(
+        &self,
+        email: &str,
+        password: &str,
+        code: &str,
+        now: i64,
+    ) -> std::result::Result<AidantLogin, LoginError> {
+        let Some(email) = normalise_email(email) else {
+            burn_argon2(password).await;
+            return Err(LoginError::Refused);
+        };
+        #[allow(clippy::type_complexity)]
+        let row: Option<(String, String, String, i64, i64, Option<String>)> = on!(self, p => sqlx::query_as(
+            "SELECT id, password_hash, totp_secret, totp_last_step, locked_until, current_org FROM aidants WHERE email = $1")
+            .bind(&email).fetch_optional(p).await)?;
+        let Some((id, password_hash, secret, last_step, locked_until, current_org)) = row else {
+            burn_argon2(password).await;
+            return Err(LoginError::Refused);
+        };
+        if locked_until > now {
+            tracing::info!(aidant = %id, "aidant sign-in refused: account locked");
+            return Err(LoginError::Refused);
+        }
+        let presented = password.to_string();
+        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
+        let step = totp::verify(&secret, code, now, last_step);
+        let (true, Some(step)) = (password_ok, step) else {
+            self.aidant_failure(&id, now).await?;
+            return Err(LoginError::Refused);
+        };
+        let mut tx = self.begin_write().await?;
+        // Consume the step only if no one used it (or a later one) meanwhile.
+        let n = tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3")
+            .bind(step).bind(&id).bind(now)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            drop(tx);
+            self.aidant_failure(&id, now).await?;
+            return Err(LoginError::Refused);
+        }
+        let actor_name = Actor::Aidant(id.clone()).name();
+        tx.record(
+            Event {
+                kind: "aidant.signed_in",
+                actor: &actor_name,
+                org_id: current_org.as_deref(),
+                data: json!({"aidant_id": id, "amr": ["pwd", "otp"]}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AidantLogin {
+            aidant_id: id,
+            current_org,
+            totp_step: step,
+        })
+    }
+
+    /// Count a failed sign-in; lock the account at the threshold.
+    async fn aidant_failure(&self, id: &str, now: i64) -> Result<()> {
+        let until = now + LOCK_SECS;
+        let mut tx = self.begin_write().await?;
+        let row: Option<(i64, i64)> = tx!(&mut tx, t => sqlx::query_as(
+            "UPDATE aidants SET \
+               failed_attempts = CASE WHEN failed_attempts + 1 >= $2 THEN 0 ELSE failed_attempts + 1 END, \
+               locked_until = CASE WHEN failed_attempts + 1 >= $2 THEN $3 ELSE locked_until END \
+             WHERE id = $1 RETURNING failed_attempts, locked_until")
+            .bind(id).bind(MAX_FAILED_ATTEMPTS).bind(until)
+            .fetch_optional(&mut **t).await)?;
+        tracing::info!(aidant = %id, "aidant sign-in failed");
+        if let Some((0, locked)) = row {
+            if locked == until {
+                tracing::warn!(aidant = %id, until, "aidant account locked after repeated failures");
+                let actor_name = Actor::Aidant(id.to_string()).name();
+                tx.record(
+                    Event {
+                        kind: "aidant.locked",
+                        actor: &actor_name,
+                        org_id: None,
+                        data: json!({"aidant_id": id, "until": until}),
+                        personal: vec![],
+                    },
+                    now,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    // ---- usagers ------------------------------------------------------------
+
+    /// The usager with this pivot identity key, created if new. Returns its id.
+    pub async fn upsert_usager(
+        &self,
+        identity_key: &str,
+        salt: &Salt,
+        now: i64,
+    ) -> std::result::Result<String, MandateError> {
+        if identity_key.is_empty() {
+            return Err(MandateError::Invalid("empty identity key".into()));
+        }
+        let id = random_token(16);
+        let mut tx = self.begin_write().await?;
+        let n = tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO usagers (id, identity_key, created_at) VALUES ($1, $2, $3) ON CONFLICT (identity_key) DO NOTHING")
+            .bind(&id).bind(identity_key).bind(now)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 1 {
+            tx.append(
+                Event {
+                    kind: "usager.created",
+                    actor: "system",
+                    org_id: None,
+                    data: json!({"usager_id": id}),
+                    personal: vec![("identity_key", identity_key.to_string())],
+                }
+                .prepare(Some(salt), now),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(id);
+        }
+        let (existing,): (String,) = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id FROM usagers WHERE identity_key = $1")
+            .bind(identity_key).fetch_one(&mut **t).await)?;
+        tx.commit().await?;
+        Ok(existing)
+    }
+
+    // ---- mandates -----------------------------------------------------------
+
+    /// Create a mandate with one authorisation per domain, valid from `now`
+    /// for `duration_days`. An active authorisation for the same usager,
+    /// organisation and domain is revoked (replaced) in the same
+    /// transaction. The aidant must belong to the organisation, which must
+    /// be active and allow every domain.
+    pub async fn create_mandate(
+        &self,
+        m: &NewMandate<'_>,
+        now: i64,
+    ) -> std::result::Result<Mandate, MandateError> {
+        if m.domains.is_empty() {
+            return Err(MandateError::Invalid("choose at least one domain".into()));
+        }
+        let mut domains: Vec<&str> = Vec::new();
+        for d in m.domains {
+            if !valid_domain_name(d) {
+                return Err(MandateError::Invalid(format!("invalid domain {d:?}")));
+            }
+            if domains.contains(d) {
+                return Err(MandateError::Invalid(format!("domain {d} given twice")));
+            }
+            domains.push(d);
+        }
+        if !(1..=MAX_DURATION_DAYS).contains(&m.duration_days) {
+            return Err(MandateError::Invalid(format!(
+                "the duration must be 1 to {MAX_DURATION_DAYS} days"
+            )));
+        }
+        if m.consent_version.is_empty() || m.consent_version.len() > 64 {
+            return Err(MandateError::Invalid("invalid consent version".into()));
+        }
+        if m.consent_hash.is_empty() || m.consent_hash.len() > 128 {
+            return Err(MandateError::Invalid("invalid consent hash".into()));
+        }
+        let expires_at = now + m.duration_days * 86_400;
+        let mut tx = self.begin_write().await?;
+        let org: Option<OrgRow> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE id = $1")
+            .bind(m.org_id).fetch_optional(&mut **t).await)?;
+        let org = org_from(org.ok_or(MandateError::NotFound("organisation"))?)?;
+        if !org.active {
+            return Err(MandateError::Invalid(
+                "the organisation is not active".into(),
+            ));
+        }
+        let allowed = org.allowed_domains();
+        if let Some(d) = domains.iter().find(|d| !allowed.iter().any(|a| a == *d)) {
+            return Err(MandateError::Invalid(format!(
+                "domain {d} is not allowed for this organisation"
+            )));
+        }
+        let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
+            .bind(m.aidant_id).bind(m.org_id).fetch_optional(&mut **t).await)?;
+        if member.is_none() {
+            return Err(MandateError::NotAllowed);
+        }
+        let usager: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id FROM usagers WHERE id = $1")
+            .bind(m.usager_id).fetch_optional(&mut **t).await)?;
+        if usager.is_none() {
+            return Err(MandateError::NotFound("usager"));
+        }
+        let id = random_token(16);
+        let actor_name = Actor::Aidant(m.aidant_id.to_string()).name();
+        tx!(&mut tx, t => sqlx::query(&format!(
+            "INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(&id).bind(m.org_id).bind(m.usager_id).bind(m.aidant_id)
+            .bind(m.consent_version).bind(m.consent_hash).bind(now)
+            .execute(&mut **t).await.map(|_| ()))?;
+        let mut replaced = Vec::new();
+        let mut authorisations = Vec::new();
+        for d in &domains {
+            let old: Vec<(String, String)> = tx!(&mut tx, t => sqlx::query_as(
+                "UPDATE authorisations SET revoked_at = $1, revoked_by = $2 \
+                 WHERE domain = $3 AND revoked_at IS NULL AND expires_at > $1 \
+                 AND mandate_id IN (SELECT id FROM mandates WHERE org_id = $4 AND usager_id = $5 AND id <> $6) \
+                 RETURNING id, mandate_id")
+                .bind(now).bind(&actor_name).bind(*d).bind(m.org_id).bind(m.usager_id).bind(&id)
+                .fetch_all(&mut **t).await)?;
+            for (auth_id, mandate_id) in old {
+                replaced.push(
+                    json!({"authorisation_id": auth_id, "mandate_id": mandate_id, "domain": d}),
+                );
+            }
+            let auth = Authorisation {
+                id: random_token(16),
+                mandate_id: id.clone(),
+                domain: d.to_string(),
+                starts_at: now,
+                expires_at,
+                revoked_at: None,
+                revoked_by: None,
+            };
+            tx!(&mut tx, t => sqlx::query(
+                "INSERT INTO authorisations (id, mandate_id, domain, starts_at, expires_at, revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, NULL, NULL)")
+                .bind(&auth.id).bind(&auth.mandate_id).bind(&auth.domain).bind(auth.starts_at).bind(auth.expires_at)
+                .execute(&mut **t).await.map(|_| ()))?;
+            authorisations.push(auth);
+        }
+        tx.record(
+            Event {
+                kind: "mandate.created",
+                actor: &actor_name,
+                org_id: Some(m.org_id),
+                data: json!({
+                    "mandate_id": id,
+                    "usager_id": m.usager_id,
+                    "domains": domains,
+                    "starts_at": now,
+                    "expires_at": expires_at,
+                    "consent_version": m.consent_version,
+                    "consent_hash": m.consent_hash,
+                    "replaced": replaced,
+                }),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        authorisations.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(Mandate {
+            id,
+            org_id: m.org_id.to_string(),
+            usager_id: m.usager_id.to_string(),
+            created_by: m.aidant_id.to_string(),
+            consent_version: m.consent_version.to_string(),
+            consent_hash: m.consent_hash.to_string(),
+            created_at: now,
+            authorisations,
+        })
+    }
+
+    pub async fn mandate(&self, id: &str) -> Result<Option<Mandate>> {
+        let rows: Vec<MandateRow> = on!(self, p => sqlx::query_as(&format!(
+            "SELECT {MANDATE_COLUMNS} FROM mandates WHERE id = $1"))
+            .bind(id).fetch_all(p).await)?;
+        let auths: Vec<AuthRow> = on!(self, p => sqlx::query_as(&format!(
+            "SELECT {AUTH_COLUMNS} FROM authorisations a WHERE a.mandate_id = $1 ORDER BY a.domain, a.starts_at"))
+            .bind(id).fetch_all(p).await)?;
+        Ok(mandates_from(rows, auths).into_iter().next())
+    }
+
+    /// Every mandate of an organisation (newest first), whatever its state.
+    pub async fn list_mandates(&self, org_id: &str) -> Result<Vec<Mandate>> {
+        self.mandates_where("org_id", org_id).await
+    }
+
+    /// Every mandate about an usager (newest first), whatever its state.
+    pub async fn usager_mandates(&self, usager_id: &str) -> Result<Vec<Mandate>> {
+        self.mandates_where("usager_id", usager_id).await
+    }
+
+    async fn mandates_where(&self, column: &'static str, value: &str) -> Result<Vec<Mandate>> {
+        let rows: Vec<MandateRow> = on!(self, p => sqlx::query_as(&format!(
+            "SELECT {MANDATE_COLUMNS} FROM mandates WHERE {column} = $1 ORDER BY created_at DESC, id"))
+            .bind(value).fetch_all(p).await)?;
+        let auths: Vec<AuthRow> = on!(self, p => sqlx::query_as(&format!(
+            "SELECT {AUTH_COLUMNS} FROM authorisations a JOIN mandates m ON m.id = a.mandate_id WHERE m.{column} = $1 ORDER BY a.domain, a.starts_at"))
+            .bind(value).fetch_all(p).await)?;
+        Ok(mandates_from(rows, auths))
+    }
+
+    /// Whether the mandate currently authorises acting in `domain`: not
+    /// revoked, started, not expired, and its organisation active.
+    pub async fn active_authorisation(
+        &self,
+        mandate_id: &str,
+        domain: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let row: Option<(String,)> = on!(self, p => sqlx::query_as(
+            "SELECT a.id FROM authorisations a \
+             JOIN mandates m ON m.id = a.mandate_id \
+             JOIN organisations o ON o.id = m.org_id \
+             WHERE a.mandate_id = $1 AND a.domain = $2 AND a.revoked_at IS NULL \
+             AND a.starts_at <= $3 AND a.expires_at > $3 AND o.active = 1 LIMIT 1")
+            .bind(mandate_id).bind(domain).bind(now).fetch_optional(p).await)?;
+        Ok(row.is_some())
+    }
+
+    /// Revoke every active authorisation of a mandate. Allowed to the
+    /// operator, to aidants of the mandate's organisation and to the usager
+    /// concerned. Returns the domains revoked.
+    pub async fn revoke_mandate(
+        &self,
+        mandate_id: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<Vec<String>, MandateError> {
+        self.revoke(mandate_id, None, actor, now).await
+    }
+
+    /// Revoke one domain of a mandate (same rules as [`Store::revoke_mandate`]).
+    pub async fn revoke_domain(
+        &self,
+        mandate_id: &str,
+        domain: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<Vec<String>, MandateError> {
+        self.revoke(mandate_id, Some(domain), actor, now).await
+    }
+
+    async fn revoke(
+        &self,
+        mandate_id: &str,
+        domain: Option<&str>,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<Vec<String>, MandateError> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, String)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT org_id, usager_id FROM mandates WHERE id = $1")
+            .bind(mandate_id).fetch_optional(&mut **t).await)?;
+        let (org_id, usager_id) = row.ok_or(MandateError::NotFound("mandate"))?;
+        let allowed = match actor {
+            Actor::Admin => true,
+            Actor::Usager(u) => *u == usager_id,
+            Actor::Aidant(a) => {
+                let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+                    "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
+                    .bind(a).bind(&org_id).fetch_optional(&mut **t).await)?;
+                member.is_some()
+            }
+        };
+        if !allowed {
+            return Err(MandateError::NotAllowed);
+        }
+        let actor_name = actor.name();
+        let rows: Vec<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "UPDATE authorisations SET revoked_at = $1, revoked_by = $2 \
+             WHERE mandate_id = $3 AND revoked_at IS NULL AND expires_at > $1 \
+             AND ($4 IS NULL OR domain = $4) RETURNING domain")
+            .bind(now).bind(&actor_name).bind(mandate_id).bind(domain)
+            .fetch_all(&mut **t).await)?;
+        let mut domains: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+        domains.sort();
+        if domains.is_empty() {
+            return Ok(domains);
+        }
+        tx.record(
+            Event {
+                kind: if domain.is_some() {
+                    "authorisation.revoked"
+                } else {
+                    "mandate.revoked"
+                },
+                actor: &actor_name,
+                org_id: Some(&org_id),
+                data: json!({"mandate_id": mandate_id, "usager_id": usager_id, "domains": domains}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(domains)
+    }
+}
