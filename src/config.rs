@@ -332,6 +332,10 @@ pub struct ClientConfig {
     /// private_key_jwt: inline JWK set (JSON text) or a jwks_uri.
     pub jwks: Option<String>,
     pub jwks_uri: Option<String>,
+    /// Procedure domains for which this service accepts an aidant acting for
+    /// an usager under a mandate (citizen profile). Empty: no delegation.
+    #[serde(default)]
+    pub delegation_domains: Vec<String>,
 }
 
 fn default_client_auth() -> ClientAuthMethod {
@@ -549,6 +553,20 @@ impl Config {
                 if c.redirect_uris.is_empty() {
                     errs.push(format!("{}: at least one", at("redirect_uris")));
                 }
+                for d in &c.delegation_domains {
+                    if !crate::mandates::DEFAULT_DOMAINS.contains(&d.as_str()) {
+                        errs.push(format!(
+                            "{}: {d:?} is not a known procedure domain",
+                            at("delegation_domains")
+                        ));
+                    }
+                }
+                if !c.delegation_domains.is_empty() && f.profile != Profile::Citizen {
+                    errs.push(format!(
+                        "{}: only for the citizen profile",
+                        at("delegation_domains")
+                    ));
+                }
                 for (field, list) in [
                     ("redirect_uris", &c.redirect_uris),
                     ("post_logout_redirect_uris", &c.post_logout_redirect_uris),
@@ -714,6 +732,32 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert!(f.nonce_required);
         assert_eq!(f.access_token_ttl_secs, 60);
         assert_eq!(c.server.database_url, "sqlite://relais.db");
+    }
+
+    #[test]
+    fn delegation_domains_must_be_known() {
+        let ok = format!("{MIN}delegation_domains = [\"social\", \"logement\"]\n");
+        let c = Config::from_toml_with_env(&ok, vec![]).unwrap();
+        assert_eq!(
+            c.federations["citizen"].clients[0].delegation_domains,
+            ["social", "logement"]
+        );
+        assert!(c.federations["citizen"].clients[0]
+            .delegation_domains
+            .iter()
+            .all(|d| crate::mandates::DEFAULT_DOMAINS.contains(&d.as_str())));
+        let bad = format!("{MIN}delegation_domains = [\"social\", \"impots\"]\n");
+        let e = Config::from_toml_with_env(&bad, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("delegation_domains") && e.contains("impots"),
+            "{e}"
+        );
+        let d = Config::from_toml_with_env(MIN, vec![]).unwrap();
+        assert!(d.federations["citizen"].clients[0]
+            .delegation_domains
+            .is_empty());
     }
 
     #[test]

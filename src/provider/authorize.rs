@@ -66,6 +66,9 @@ pub struct Interaction {
     /// Agent profile: providers matching the email's domain (short choice).
     #[serde(default)]
     pub candidates: Option<Vec<String>>,
+    /// Delegated sign-in: the aidant who signed in during this interaction.
+    #[serde(default)]
+    pub aidant: Option<super::aidant::AidantStep>,
 }
 
 /// What a code stands for.
@@ -85,6 +88,9 @@ pub struct CodeData {
     pub auth_time: i64,
     pub sid: String,
     pub session: String,
+    /// Delegated sign-in: re-checked at the token endpoint.
+    #[serde(default)]
+    pub delegation: Option<super::Delegation>,
 }
 
 impl Ctx {
@@ -113,7 +119,7 @@ impl Ctx {
         with_query(&req.redirect_uri, &p)
     }
 
-    fn client(&self, id: &str) -> Option<&Client> {
+    pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.fed.clients.get(id)
     }
 }
@@ -486,6 +492,7 @@ async fn authorize_inner(
         state_hash: None,
         authn: if sso { existing } else { None },
         candidates: None,
+        aidant: None,
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
@@ -657,7 +664,7 @@ async fn start_upstream(
 }
 
 /// Load an interaction and check it belongs to this browser.
-async fn load_interaction(
+pub(crate) async fn load_interaction(
     ctx: &Ctx,
     id: &str,
     cookies: &Cookies,
@@ -739,6 +746,14 @@ pub async fn choose_page(
             disabled: fed.provider_max_rank(p) < min_rank,
         })
         .collect();
+    // Delegated sign-in: only for services that accept it.
+    // Delegated sign-in: only for services that accept it, and when an
+    // aidant's authentication is enough for the level asked.
+    let aidant_url = ctx
+        .client(&inter.req.client_id)
+        .filter(|c| !c.cfg.delegation_domains.is_empty())
+        .filter(|_| fed.acr_rank(super::aidant::AIDANT_ACR) >= min_rank)
+        .map(|_| fed.url(&format!("/interaction/{id}/aidant")));
     ctx.page(
         inter.req.lang,
         "choose.html",
@@ -748,6 +763,7 @@ pub async fn choose_page(
             providers => providers,
             client_name => client_name,
             back_url => fed.url(&format!("/interaction/{id}/abort")),
+            aidant_url => aidant_url,
         },
     )
 }
@@ -805,7 +821,7 @@ pub async fn choose_submit(
     Ok(redirect(&url))
 }
 
-fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Result<(), AppError> {
+pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Result<(), AppError> {
     let given = form.get("csrf").unwrap_or("");
     if !crate::crypto::ct_eq(given.as_bytes(), inter.csrf.as_bytes()) {
         tracing::warn!(federation = %ctx.fed.id, "CSRF token missing or wrong");
@@ -937,9 +953,11 @@ pub async fn callback(
         auth_time: ctx.now(),
         sid: random_token(16),
         upstream_id_token: login.id_token,
+        delegation: None,
     };
     let data = serde_json::to_string(&SessionData {
         authn: Some(authn.clone()),
+        aidant: None,
     })
     .map_err(AppError::internal)?;
     let now = ctx.now();
@@ -1107,6 +1125,10 @@ pub async fn consent_page(
             claims => claims,
             provider_name => provider_name,
             need_consent => client.cfg.kind == crate::config::ClientKind::Private,
+            delegation => authn.delegation.as_ref().map(|d| minijinja::context! {
+                mandate_id => d.mandate_id,
+                domain => d.domain,
+            }),
         },
     )
 }
@@ -1219,6 +1241,28 @@ async fn issue_code(
             }
         }
     }
+    // Delegated sign-in: `act` and `mandate` are released whatever the
+    // scopes, in the ID token and at userinfo.
+    if let Some(d) = &authn.delegation {
+        for c in ["act", "mandate"] {
+            if let Some(v) = all.get(c) {
+                userinfo.insert(c.to_string(), v.clone());
+                id_token_extra.insert(c.to_string(), v.clone());
+            }
+        }
+        ctx.app
+            .store
+            .record_mandate_use(
+                &d.aidant_id,
+                &d.org_id,
+                &d.mandate_id,
+                &req.client_id,
+                &d.domain,
+                ctx.now(),
+            )
+            .await?;
+        tracing::info!(event = "mandate_used", federation = %ctx.fed.id, client = %req.client_id, domain = %d.domain, "mandate used");
+    }
     let data = CodeData {
         redirect_uri: req.redirect_uri.clone(),
         code_challenge: req.code_challenge.clone(),
@@ -1232,6 +1276,7 @@ async fn issue_code(
         auth_time: authn.auth_time,
         sid: authn.sid.clone(),
         session: session.to_string(),
+        delegation: authn.delegation.clone(),
     };
     let code = random_token(32);
     let fed = &ctx.fed;

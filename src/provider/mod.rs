@@ -1,6 +1,7 @@
 //! Provider side: what services integrate (discovery, JWKS, authorize, token,
 //! userinfo, logout) plus the pages of a sign-in (choice, consent).
 
+pub mod aidant;
 pub mod authorize;
 pub mod claims;
 pub mod logout;
@@ -44,6 +45,14 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
             get(authorize::consent_page).post(authorize::consent_submit),
         )
         .route("/interaction/{id}/abort", get(authorize::abort))
+        .route(
+            "/interaction/{id}/aidant",
+            get(aidant::login_page).post(aidant::login_submit),
+        )
+        .route(
+            "/interaction/{id}/aidant/usagers",
+            get(aidant::usagers_page).post(aidant::usagers_submit),
+        )
         .route("/callback", get(authorize::callback))
         .route("/token", post(token::token))
         .route("/userinfo", get(token::userinfo).post(token::userinfo))
@@ -181,6 +190,10 @@ pub fn lang_from(headers: &HeaderMap, ui_locales: Option<&str>) -> Lang {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SessionData {
     pub authn: Option<Authn>,
+    /// An aidant's sign-in on this browser (delegated sign-in), reusable
+    /// while fresh (see `aidant::AIDANT_FRESH_SECS`).
+    #[serde(default)]
+    pub aidant: Option<aidant::AidantStep>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +216,18 @@ pub struct Authn {
     pub sid: String,
     /// Upstream ID token, kept as `id_token_hint` for upstream logout.
     pub upstream_id_token: String,
+    /// Delegated sign-in: an aidant acts for the person under a mandate.
+    #[serde(default)]
+    pub delegation: Option<Delegation>,
+}
+
+/// The mandate (and domain) an aidant used to act for an usager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    pub mandate_id: String,
+    pub domain: String,
+    pub aidant_id: String,
+    pub org_id: String,
 }
 
 pub async fn load_session(ctx: &Ctx, id: &str) -> Result<Option<SessionData>, AppError> {
@@ -225,8 +250,12 @@ async fn discovery(State(ctx): State<Ctx>) -> Response {
         .collect();
     let scopes: Vec<&str> = f.cfg.profile.scopes().to_vec();
     let claims_supported = match f.cfg.profile {
-        crate::config::Profile::Citizen => claims::CLAIMS_SUPPORTED,
-        crate::config::Profile::Agent => claims::AGENT_CLAIMS_SUPPORTED,
+        crate::config::Profile::Citizen => claims::CLAIMS_SUPPORTED
+            .iter()
+            .chain(["act", "mandate"].iter())
+            .copied()
+            .collect::<Vec<_>>(),
+        crate::config::Profile::Agent => claims::AGENT_CLAIMS_SUPPORTED.to_vec(),
     };
     let doc = serde_json::json!({
         "issuer": f.issuer,

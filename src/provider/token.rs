@@ -21,6 +21,9 @@ use std::sync::Mutex;
 pub struct TokenData {
     pub userinfo: Map<String, Value>,
     pub scopes: Vec<String>,
+    /// Delegated sign-in: the mandate is re-checked at every userinfo call.
+    #[serde(default)]
+    pub delegation: Option<super::Delegation>,
 }
 
 /// Failed client authentications per client, per minute.
@@ -360,11 +363,27 @@ pub async fn token(
         }
         (None, None) => {}
     }
+    // Delegated sign-in: the mandate must still be valid for the domain.
+    if let Some(d) = &data.delegation {
+        if !ctx
+            .app
+            .store
+            .active_authorisation(&d.mandate_id, &d.domain, now)
+            .await?
+        {
+            tracing::info!(event = "mandate_refused", federation = %fed.id, client = %client.cfg.client_id, step = "token", "mandate no longer valid");
+            return Err(AppError::oauth(
+                "invalid_grant",
+                "the mandate is expired or revoked",
+            ));
+        }
+    }
     let access_token = random_token(32);
     let ttl = fed.cfg.access_token_ttl_secs;
     let token_data = TokenData {
         userinfo: data.userinfo.clone(),
         scopes: data.scopes.clone(),
+        delegation: data.delegation.clone(),
     };
     ctx.app
         .store
@@ -439,6 +458,19 @@ pub async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Resp
         .await?
         .ok_or_else(|| AppError::bearer("the access token is invalid, expired or revoked"))?;
     let data: TokenData = serde_json::from_str(&row.data).map_err(AppError::internal)?;
+    if let Some(d) = &data.delegation {
+        if !ctx
+            .app
+            .store
+            .active_authorisation(&d.mandate_id, &d.domain, ctx.now())
+            .await?
+        {
+            tracing::info!(event = "mandate_refused", federation = %fed.id, client = %row.client_id, step = "userinfo", "mandate no longer valid");
+            return Err(AppError::bearer(
+                "the mandate behind this access token is expired or revoked",
+            ));
+        }
+    }
     let client = fed.clients.get(&row.client_id);
     if let Some(alg) = client.and_then(|c| c.userinfo_alg) {
         let mut claims = data.userinfo.clone();

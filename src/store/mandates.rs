@@ -979,4 +979,48 @@ impl Store {
         tx.commit().await?;
         Ok(domains)
     }
+
+    // ---- delegated sign-in ----------------------------------------------------
+
+    /// Remember the usager's pivot identity claims (JSON object text), so a
+    /// service can receive them when an aidant acts for the usager.
+    pub async fn set_usager_claims(&self, usager_id: &str, claims_json: &str) -> Result<()> {
+        on!(self, p => sqlx::query("UPDATE usagers SET claims = $1 WHERE id = $2")
+            .bind(claims_json).bind(usager_id).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// An usager's identity key and stored claims (JSON text, if any).
+    pub async fn usager(&self, usager_id: &str) -> Result<Option<(String, Option<String>)>> {
+        let row: Option<(String, Option<String>)> = on!(self, p => sqlx::query_as(
+            "SELECT identity_key, claims FROM usagers WHERE id = $1")
+            .bind(usager_id).fetch_optional(p).await)?;
+        Ok(row)
+    }
+
+    /// Journal the use of a mandate at a service (`mandate_used`).
+    pub async fn record_mandate_use(
+        &self,
+        aidant_id: &str,
+        org_id: &str,
+        mandate_id: &str,
+        client_id: &str,
+        domain: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
+        tx.record(
+            Event {
+                kind: "mandate_used",
+                actor: &actor_name,
+                org_id: Some(org_id),
+                data: json!({"mandate_id": mandate_id, "client": client_id, "domain": domain}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
 }

@@ -23,6 +23,14 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ),
         ("message.html", include_str!("templates/message.html")),
         ("email.html", include_str!("templates/email.html")),
+        (
+            "aidant_login.html",
+            include_str!("templates/aidant_login.html"),
+        ),
+        (
+            "aidant_usagers.html",
+            include_str!("templates/aidant_usagers.html"),
+        ),
     ] {
         // Templates are compiled into the binary and covered by tests; a broken
         // one is reported at render time rather than aborting the process.

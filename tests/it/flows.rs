@@ -728,3 +728,85 @@ async fn a_hint_from_another_session_needs_confirmation() {
     assert!(arrived.contains("code="), "{arrived}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_key_jwt_with_jwks_uri_and_denied_provider() {
+    use relais::crypto::jws::{generate_pkcs8, SigningKey};
+    use relais::crypto::Alg;
+    let key = SigningKey::from_pkcs8(Alg::ES256, &generate_pkcs8(Alg::ES256).unwrap()).unwrap();
+    // The client publishes its keys at a jwks_uri.
+    let jwks = serde_json::json!({"keys": [key.public_jwk]}).to_string();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_uri = format!("http://{}/jwks.json", l.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || async move { jwks }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let extra = format!(
+        r#"
+[[federations.citizen.clients]]
+client_id = "jwks-uri-svc"
+name = "JWKS URI service"
+token_endpoint_auth_method = "private_key_jwt"
+jwks_uri = "{jwks_uri}"
+redirect_uris = ["http://jwks-uri.test/cb"]
+scopes = ["openid"]
+
+[[federations.citizen.providers]]
+id = "impots-denied"
+name = "Impôts (not for this client)"
+issuer = "IDP1"
+client_id = "relais"
+client_secret = "relais-at-impots"
+acr_values = ["eidas1"]
+denied_clients = ["jwks-uri-svc"]
+"#
+    );
+    let env = Env::start_with(None, extra, vec![], false).await;
+    let rp = Rp::new(&env, "jwks-uri-svc", None, "http://jwks-uri.test/cb").await;
+    let browser = Browser::new();
+    // A provider that denies this client is neither listed nor usable by idp_hint.
+    let auth = rp.authorize(&["openid"], &[]);
+    let (_, _, html) = browser.go(&auth.url, &rp.redirect_uri).await.page();
+    assert!(!html.contains("impots-denied"));
+    assert!(html.contains("value=\"impots\""));
+    let hinted = rp.authorize(&["openid"], &[("idp_hint", "impots-denied")]);
+    let q: std::collections::HashMap<String, String> =
+        reqwest::Url::parse(&browser.go(&hinted.url, &rp.redirect_uri).await.arrived())
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+    assert_eq!(q["error"], "invalid_request");
+    // Sign in, then authenticate at /token with a key fetched from jwks_uri.
+    let arrived = sign_in(&browser, &auth.url, &rp.redirect_uri, "impots", "angela").await;
+    let code = rp.code_from(&arrived, &auth);
+    let token_url = format!("{}/token", env.broker());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let assertion = key
+        .sign_jwt("JWT", &serde_json::json!({"iss": "jwks-uri-svc", "sub": "jwks-uri-svc", "aud": token_url, "jti": "uri-1", "iat": now, "exp": now + 60}))
+        .unwrap();
+    let resp = rp
+        .http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "http://jwks-uri.test/cb"),
+            ("code_verifier", auth.verifier.as_str()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    env.cleanup().await;
+}

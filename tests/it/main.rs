@@ -4,6 +4,7 @@
 //! `RELAIS_TEST_DATABASE_URL` is set.
 
 mod agents;
+mod aidants_flow;
 mod browser;
 mod common;
 mod federations;

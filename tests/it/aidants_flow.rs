@@ -1,0 +1,643 @@
+//! Delegated sign-in (aidants) end to end, on SQLite and PostgreSQL: an
+//! aidant signs in with password + TOTP on the provider choice page, picks
+//! an usager and a domain; the service (the independent `openidconnect`
+//! client) receives the usager's identity and pairwise `sub` plus `act` and
+//! `mandate`; the mandate is re-checked at the token endpoint and userinfo.
+
+use crate::common::*;
+use relais::identity::{pairwise_sub, PivotIdentity};
+use relais::mandates::{totp, Actor, NewAidant, NewMandate, Role, Salt};
+use relais::store::Store;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+const SIRET_A: &str = "35600000000048";
+const SIRET_B: &str = "73282932000074";
+const REDIRECT: &str = "http://deleg.test/cb";
+const SCOPES: &[&str] = &["openid", "profile", "identite_pivot"];
+
+/// A service accepting delegation for `social` and `logement` only.
+const DELEG: &str = r#"
+[[federations.citizen.clients]]
+client_id = "deleg-svc"
+name = "Caisse sociale"
+client_secret = "deleg-secret"
+redirect_uris = ["http://deleg.test/cb"]
+scopes = ["openid", "profile", "identite_pivot"]
+delegation_domains = ["social", "logement"]
+"#;
+
+struct Setup {
+    org_a: String,
+    org_b: String,
+    aidant_a: String,
+    secret_a: String,
+    secret_b: String,
+    mandate: String,
+}
+
+fn salt() -> Salt {
+    Salt::new(&[7u8; 32]).unwrap()
+}
+
+async fn aidant(s: &Store, email: &str, org: &str, now: i64) -> (String, String) {
+    let a = s
+        .create_aidant(
+            &NewAidant {
+                email,
+                name: "Marie Dupont",
+                password: PASSWORD,
+                org_id: org,
+                role: Role::Aidant,
+            },
+            &Actor::Admin,
+            &salt(),
+            now,
+        )
+        .await
+        .unwrap();
+    (a.id, a.totp_secret)
+}
+
+/// Two organisations with one aidant each, and angela (pivot identity of
+/// the demo person) under a mandate of organisation A for `social` and
+/// `papiers`, 30 days.
+async fn setup(env: &Env) -> Setup {
+    let s = &env.stack.state.store;
+    let now = env.stack.state.now();
+    let org_a = s
+        .create_organisation("France Services Rennes", SIRET_A, &[], &Actor::Admin, now)
+        .await
+        .unwrap();
+    let org_b = s
+        .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
+        .await
+        .unwrap();
+    let (aidant_a, secret_a) = aidant(s, "marie@mairie.fr", &org_a.id, now).await;
+    let (aidant_b, secret_b) = aidant(s, "paul@brest.fr", &org_b.id, now).await;
+    let _ = aidant_b;
+    let angela = relais::demo::idp::demo_people(1)
+        .into_iter()
+        .find(|p| p.login == "angela")
+        .unwrap();
+    let identity = PivotIdentity::from_claims(&angela.claims).unwrap();
+    let usager = s
+        .upsert_usager(&identity.identity_key(), &salt(), now)
+        .await
+        .unwrap();
+    s.set_usager_claims(&usager, &Value::Object(identity.to_claims()).to_string())
+        .await
+        .unwrap();
+    let m = s
+        .create_mandate(
+            &NewMandate {
+                org_id: &org_a.id,
+                usager_id: &usager,
+                aidant_id: &aidant_a,
+                domains: &["social", "papiers"],
+                duration_days: 30,
+                consent_version: "v1",
+                consent_hash: "h",
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    Setup {
+        org_a: org_a.id,
+        org_b: org_b.id,
+        aidant_a,
+        secret_a,
+        secret_b,
+        mandate: m.id,
+    }
+}
+
+async fn rp(env: &Env) -> Rp {
+    Rp::new(env, "deleg-svc", Some("deleg-secret"), REDIRECT).await
+}
+
+/// A fresh TOTP code: the clock moves one step first, so no code is ever
+/// reused by accident within a test.
+fn fresh_code(env: &Env, secret: &str) -> String {
+    env.stack.state.advance_clock(30);
+    totp::code_at(secret, env.stack.state.now()).unwrap()
+}
+
+fn absolute(base: &str, action: &str) -> String {
+    reqwest::Url::parse(base)
+        .unwrap()
+        .join(action)
+        .unwrap()
+        .to_string()
+}
+
+/// From the authorization URL to the choice page; returns (page URL, html).
+async fn choice_page(browser: &Browser, auth_url: &str) -> (String, String) {
+    let (url, status, html) = browser.go(auth_url, REDIRECT).await.page();
+    assert_eq!(status, 200, "{html}");
+    assert!(url.contains("/interaction/"), "{url}");
+    (url, html)
+}
+
+/// Submit the aidant sign-in form; returns the resulting step.
+async fn aidant_login(browser: &Browser, choice_url: &str, email: &str, code: &str) -> Step {
+    let (url, status, html) = browser
+        .go(&format!("{choice_url}/aidant"), REDIRECT)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("name=\"totp\""), "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("email".into(), email.into()));
+    fields.push(("password".into(), PASSWORD.into()));
+    fields.push(("totp".into(), code.into()));
+    browser
+        .post(&absolute(&url, &action), &fields, REDIRECT)
+        .await
+}
+
+/// Post a (mandate, domain) choice on the usagers page.
+async fn choose(browser: &Browser, usagers_url: &str, html: &str, choice: &str) -> Step {
+    let (action, mut fields) = form(html);
+    fields.push(("choice".into(), choice.into()));
+    browser
+        .post(&absolute(usagers_url, &action), &fields, REDIRECT)
+        .await
+}
+
+/// Accept the information page and return where the browser was sent.
+async fn accept(browser: &Browser, step: Step) -> String {
+    let (url, status, html) = step.page();
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("name=\"decision\""), "{html}");
+    assert!(html.contains("id=\"delegation\""), "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("decision".into(), "accept".into()));
+    browser
+        .post(&absolute(&url, &action), &fields, REDIRECT)
+        .await
+        .arrived()
+}
+
+/// A full delegated sign-in with aidant A for `social`; returns the code's
+/// redirect and the authorization request.
+async fn delegated(env: &Env, rp: &Rp, set: &Setup) -> (String, Auth) {
+    let browser = Browser::new();
+    let auth = rp.authorize(SCOPES, &[]);
+    let (choice_url, html) = choice_page(&browser, &auth.url).await;
+    assert!(html.contains("aidant-entry"), "{html}");
+    let code = fresh_code(env, &set.secret_a);
+    let (url, status, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
+    let step = choose(&browser, &url, &html, &format!("{}:social", set.mandate)).await;
+    (accept(&browser, step).await, auth)
+}
+
+#[tokio::test]
+async fn delegated_sign_in_carries_usager_act_and_mandate() {
+    for db in databases() {
+        let env = Env::start_with(db, DELEG.to_string(), vec![], false).await;
+        let rp = rp(&env).await;
+        // Discovery announces the claims.
+        let disco: Value =
+            reqwest::get(format!("{}/.well-known/openid-configuration", env.broker()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let supported = disco["claims_supported"].as_array().unwrap();
+        assert!(supported.contains(&json!("act")) && supported.contains(&json!("mandate")));
+        // Angela signs in herself first: her sub at this service.
+        let own = full_sign_in(&env, &rp, &Browser::new(), "impots", "angela", SCOPES, &[]).await;
+        let set = setup(&env).await;
+
+        let (arrived, auth) = delegated(&env, &rp, &set).await;
+        let code = rp.code_from(&arrived, &auth);
+        let t = rp.exchange(&code, &auth).await.unwrap();
+        let c = &t.claims;
+        assert_eq!(c["sub"], own.claims["sub"], "the usager's own pairwise sub");
+        let sector = "deleg.test";
+        let fed = env
+            .stack
+            .state
+            .federations
+            .iter()
+            .find(|f| f.id == "citizen")
+            .unwrap();
+        let secret = &fed.pairwise_secret;
+        let aidant_sub = pairwise_sub(secret, sector, &format!("aidant:{}", set.aidant_a));
+        assert_eq!(
+            c["act"],
+            json!({"sub": aidant_sub, "siret": SIRET_A, "organisation": "France Services Rennes"})
+        );
+        assert_ne!(c["act"]["sub"], c["sub"]);
+        assert_eq!(c["mandate"]["id"], json!(set.mandate));
+        assert_eq!(c["mandate"]["domain"], json!("social"));
+        assert!(c["mandate"]["expires_at"].as_i64().unwrap() > env.stack.state.now());
+        assert_eq!(c["acr"], json!("eidas1"));
+        assert_eq!(c["amr"], json!(["pwd", "otp"]));
+
+        let r = rp.userinfo(&t.access_token).await;
+        assert_eq!(r.status(), 200);
+        let u: Value = r.json().await.unwrap();
+        assert_eq!(u["sub"], own.claims["sub"]);
+        assert_eq!(u["given_name"], json!("Angela Claire Louise"));
+        assert_eq!(u["family_name"], json!("DUBOIS"));
+        assert_eq!(u["act"], c["act"]);
+        assert_eq!(u["mandate"], c["mandate"]);
+
+        // The use is journalled (client, domain), without personal data.
+        let entries = env.stack.state.store.journal_page(0, 1000).await.unwrap();
+        let used: Vec<_> = entries
+            .iter()
+            .filter(|e| e.kind == "mandate_used")
+            .collect();
+        assert_eq!(used.len(), 1);
+        let data: Value = serde_json::from_str(&used[0].data).unwrap();
+        assert_eq!(data["client"], json!("deleg-svc"));
+        assert_eq!(data["domain"], json!("social"));
+        assert_eq!(used[0].org_id.as_deref(), Some(set.org_a.as_str()));
+
+        // Revocation takes effect at once on the token already issued.
+        env.stack
+            .state
+            .store
+            .revoke_domain(&set.mandate, "social", &Actor::Admin, env.stack.state.now())
+            .await
+            .unwrap();
+        let r = rp.userinfo(&t.access_token).await;
+        assert_eq!(r.status(), 401);
+        let www = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(www.contains("invalid_token"), "{www}");
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
+    for db in databases() {
+        let env = Env::start_with(db, DELEG.to_string(), vec![], false).await;
+        let rp = rp(&env).await;
+        let set = setup(&env).await;
+        let store = &env.stack.state.store;
+
+        // Revoked between the code and its redemption: invalid_grant.
+        let (arrived, auth) = delegated(&env, &rp, &set).await;
+        let code = rp.code_from(&arrived, &auth);
+        store
+            .revoke_mandate(&set.mandate, &Actor::Admin, env.stack.state.now())
+            .await
+            .unwrap();
+        assert_eq!(
+            rp.exchange(&code, &auth).await.unwrap_err(),
+            "invalid_grant"
+        );
+
+        // Revoked: no longer offered, and refused if posted anyway.
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let code = fresh_code(&env, &set.secret_a);
+        let (url, _, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+            .await
+            .page();
+        assert!(html.contains("no-mandate"), "{html}");
+        assert!(!html.contains(&set.mandate), "{html}");
+        let (_, status, html) = browser
+            .post(
+                &url,
+                &[
+                    ("csrf".to_string(), csrf_of(&browser, &choice_url).await),
+                    ("choice".to_string(), format!("{}:social", set.mandate)),
+                ],
+                REDIRECT,
+            )
+            .await
+            .page();
+        assert_eq!(status, 403, "{html}");
+
+        // Expired: a one-day mandate, two days later.
+        let usager = store
+            .mandate(&set.mandate)
+            .await
+            .unwrap()
+            .unwrap()
+            .usager_id;
+        let now = env.stack.state.now();
+        let m = store
+            .create_mandate(
+                &NewMandate {
+                    org_id: &set.org_a,
+                    usager_id: &usager,
+                    aidant_id: &set.aidant_a,
+                    domains: &["social"],
+                    duration_days: 1,
+                    consent_version: "v1",
+                    consent_hash: "h",
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let mut s = set_clone(&set);
+        s.mandate = m.id.clone();
+        let (arrived, auth) = delegated(&env, &rp, &s).await;
+        let t = rp
+            .exchange(&rp.code_from(&arrived, &auth), &auth)
+            .await
+            .unwrap();
+        assert_eq!(rp.userinfo(&t.access_token).await.status(), 200);
+        let (arrived, auth) = delegated(&env, &rp, &s).await;
+        let code = rp.code_from(&arrived, &auth);
+        // The authorisation runs out a few seconds from now; ten seconds
+        // later, the code (still fresh) and the access token are refused.
+        expire_soon(store, &m.id, env.stack.state.now() + 5).await;
+        env.stack.state.advance_clock(10);
+        assert_eq!(
+            rp.exchange(&code, &auth).await.unwrap_err(),
+            "invalid_grant"
+        );
+        assert_eq!(rp.userinfo(&t.access_token).await.status(), 401);
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let code = fresh_code(&env, &set.secret_a);
+        let (url, _, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+            .await
+            .page();
+        assert!(html.contains("no-mandate"), "{html}");
+        let (_, status, _) = browser
+            .post(
+                &url,
+                &[
+                    ("csrf".to_string(), csrf_of(&browser, &choice_url).await),
+                    ("choice".to_string(), format!("{}:social", m.id)),
+                ],
+                REDIRECT,
+            )
+            .await
+            .page();
+        assert_eq!(status, 403);
+        env.cleanup().await;
+    }
+}
+
+/// Move an authorisation's expiry (as someone with database access).
+async fn expire_soon(store: &Store, mandate: &str, at: i64) {
+    let sql = "UPDATE authorisations SET expires_at = $1 WHERE mandate_id = $2";
+    match store.backend() {
+        relais::store::Backend::Sqlite(p) => {
+            sqlx::query(sql)
+                .bind(at)
+                .bind(mandate)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+        relais::store::Backend::Postgres(p) => {
+            sqlx::query(sql)
+                .bind(at)
+                .bind(mandate)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn set_clone(s: &Setup) -> Setup {
+    Setup {
+        org_a: s.org_a.clone(),
+        org_b: s.org_b.clone(),
+        aidant_a: s.aidant_a.clone(),
+        secret_a: s.secret_a.clone(),
+        secret_b: s.secret_b.clone(),
+        mandate: s.mandate.clone(),
+    }
+}
+
+/// The CSRF token of the form shown at `url`.
+async fn csrf_of(browser: &Browser, url: &str) -> String {
+    let html = browser
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = "name=\"csrf\" value=\"";
+    let i = html.find(key).expect("csrf field") + key.len();
+    let j = html[i..].find('"').unwrap() + i;
+    unescape(&html[i..j])
+}
+
+#[tokio::test]
+async fn delegation_refusals() {
+    for db in databases() {
+        let env = Env::start_with(db, DELEG.to_string(), vec![], false).await;
+        let rp = rp(&env).await;
+        let set = setup(&env).await;
+
+        // A client without delegation never offers the entry, nor the page.
+        let other = Rp::new(
+            &env,
+            "svc-b",
+            Some("svc-b-secret"),
+            "http://service-b.test/cb",
+        )
+        .await;
+        let browser = Browser::new();
+        let auth = other.authorize(&["openid"], &[]);
+        let (url, status, html) = browser
+            .go(&auth.url, "http://service-b.test/cb")
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(!html.contains("aidant-entry"), "{html}");
+        assert!(!html.contains("aidant professionnel"), "{html}");
+        let (_, status, _) = browser
+            .go(&format!("{url}/aidant"), "http://service-b.test/cb")
+            .await
+            .page();
+        assert_eq!(status, 404);
+
+        // A service asking for more than an aidant's level gets no entry.
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[("acr_values", "eidas2")]);
+        let (choice_url, html) = choice_page(&browser, &auth.url).await;
+        assert!(!html.contains("aidant-entry"), "{html}");
+        let (_, status, _) = browser
+            .go(&format!("{choice_url}/aidant"), REDIRECT)
+            .await
+            .page();
+        assert_eq!(status, 403);
+
+        // Wrong code, then a replayed code: the same generic refusal.
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let now = env.stack.state.now();
+        let valid: Vec<String> = [-30, 0, 30]
+            .iter()
+            .map(|d| totp::code_at(&set.secret_a, now + d).unwrap())
+            .collect();
+        let wrong = (0..1_000_000)
+            .map(|n| format!("{n:06}"))
+            .find(|c| !valid.contains(c))
+            .unwrap();
+        let (_, status, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &wrong)
+            .await
+            .page();
+        assert_eq!(status, 401);
+        assert!(html.contains("aidant-error"), "{html}");
+        let code = fresh_code(&env, &set.secret_a);
+        let (_, status, _) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+            .await
+            .page();
+        assert_eq!(status, 200);
+        let browser2 = Browser::new();
+        let auth2 = rp.authorize(SCOPES, &[]);
+        let (choice2, _) = choice_page(&browser2, &auth2.url).await;
+        let (_, status, html) = aidant_login(&browser2, &choice2, "marie@mairie.fr", &code)
+            .await
+            .page();
+        assert_eq!(status, 401, "replayed code must be refused");
+        assert!(html.contains("aidant-error"), "{html}");
+        // Unknown e-mail: the same page.
+        let code = fresh_code(&env, &set.secret_a);
+        let (_, status, html) = aidant_login(&browser2, &choice2, "nobody@mairie.fr", &code)
+            .await
+            .page();
+        assert_eq!(status, 401);
+        assert!(html.contains("aidant-error"), "{html}");
+
+        // A domain of the mandate the client does not accept is refused
+        // (and not offered).
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let code = fresh_code(&env, &set.secret_a);
+        let (url, _, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+            .await
+            .page();
+        assert!(html.contains(&format!("{}:social", set.mandate)), "{html}");
+        assert!(
+            !html.contains(&format!("{}:papiers", set.mandate)),
+            "{html}"
+        );
+        let (_, status, _) = choose(&browser, &url, &html, &format!("{}:papiers", set.mandate))
+            .await
+            .page();
+        assert_eq!(status, 403);
+
+        // An aidant of another organisation neither sees nor uses it.
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let code = fresh_code(&env, &set.secret_b);
+        let (url, status, html) = aidant_login(&browser, &choice_url, "paul@brest.fr", &code)
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(html.contains("no-mandate"), "{html}");
+        assert!(!html.contains("DUBOIS"), "{html}");
+        let (_, status, _) = browser
+            .post(
+                &url,
+                &[
+                    ("csrf".to_string(), csrf_of(&browser, &choice_url).await),
+                    ("choice".to_string(), format!("{}:social", set.mandate)),
+                ],
+                REDIRECT,
+            )
+            .await
+            .page();
+        assert_eq!(status, 403);
+        let _ = &set.org_b;
+        // Skipping the sign-in: no usager page.
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let (_, status, _) = browser
+            .go(&format!("{choice_url}/aidant/usagers"), REDIRECT)
+            .await
+            .page();
+        assert_eq!(status, 400);
+        // No mandate use was journalled by any of this.
+        let entries = env.stack.state.store.journal_page(0, 1000).await.unwrap();
+        assert!(!entries.iter().any(|e| e.kind == "mandate_used"));
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn fresh_aidant_session_is_reused_for_15_minutes() {
+    for db in databases() {
+        let env = Env::start_with(db, DELEG.to_string(), vec![], false).await;
+        let rp = rp(&env).await;
+        let set = setup(&env).await;
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let code = fresh_code(&env, &set.secret_a);
+        let (url, _, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+            .await
+            .page();
+        let step = choose(&browser, &url, &html, &format!("{}:social", set.mandate)).await;
+        let arrived = accept(&browser, step).await;
+        rp.exchange(&rp.code_from(&arrived, &auth), &auth)
+            .await
+            .unwrap();
+
+        // Same browser, a few minutes later: straight to the usagers.
+        env.stack.state.advance_clock(5 * 60);
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, html) = choice_page(&browser, &auth.url).await;
+        assert!(html.contains("aidant-entry"), "{html}");
+        let (url, status, html) = browser
+            .go(&format!("{choice_url}/aidant"), REDIRECT)
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(url.ends_with("/aidant/usagers"), "{url}");
+        let step = choose(&browser, &url, &html, &format!("{}:social", set.mandate)).await;
+        let arrived = accept(&browser, step).await;
+        let t = rp
+            .exchange(&rp.code_from(&arrived, &auth), &auth)
+            .await
+            .unwrap();
+        assert_eq!(t.claims["mandate"]["domain"], json!("social"));
+        assert_eq!(t.claims["amr"], json!(["pwd", "otp"]));
+
+        // More than 15 minutes after the sign-in: password and code again.
+        env.stack.state.advance_clock(11 * 60);
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&browser, &auth.url).await;
+        let (_, status, html) = browser
+            .go(&format!("{choice_url}/aidant"), REDIRECT)
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(html.contains("name=\"totp\""), "{html}");
+        // Another browser never gets the aidant's session.
+        let other = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice_url, _) = choice_page(&other, &auth.url).await;
+        let (_, _, html) = other
+            .go(&format!("{choice_url}/aidant"), REDIRECT)
+            .await
+            .page();
+        assert!(html.contains("name=\"totp\""), "{html}");
+        env.cleanup().await;
+    }
+}
