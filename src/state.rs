@@ -81,6 +81,8 @@ pub struct AppState {
     pub federations: Vec<Arc<Federation>>,
     pub secure_cookies: bool,
     pub trust_forwarded: bool,
+    /// The journal salt file (`{keys_dir}/journal-salt`), for the aidant pages.
+    pub journal_salt_path: std::path::PathBuf,
     clock_offset: AtomicI64,
 }
 
@@ -228,6 +230,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         federations,
         secure_cookies: config.server.public_url.starts_with("https://"),
         trust_forwarded: config.server.trust_forwarded_headers,
+        journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
         clock_offset: AtomicI64::new(0),
     })
 }

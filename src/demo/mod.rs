@@ -1,6 +1,7 @@
 //! `relais demo`: the broker, two demo identity providers (genuine OpenID
 //! providers) and a demo service, on embedded SQLite, in one process.
 
+pub mod aidants;
 pub mod idp;
 pub mod service;
 
@@ -82,6 +83,7 @@ client_secret = "{DEMO_CLIENT_SECRET}"
 redirect_uris = ["{svc}/callback"]
 post_logout_redirect_uris = ["{svc}/logged-out"]
 scopes = ["openid", "profile", "birth", "identite_pivot", "email", "idp_id", "amr"]
+delegation_domains = ["social", "papiers", "famille"]
 
 [federations.agent]
 issuer = "{broker}/agent"
@@ -358,6 +360,7 @@ fn idp_config(
 
 pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
     let stack = Stack::start(data_dir, port, StackOptions::default()).await?;
+    let demo_aidants = aidants::seed(&stack).await?;
     let u = &stack.urls;
     println!();
     println!("Relais demo is running (data in {}):", data_dir.display());
@@ -415,7 +418,30 @@ pub async fn run(port: u16, data_dir: &Path) -> Result<(), String> {
             );
         }
     }
+    print_aidants(&demo_aidants, &u.broker);
     println!("Press Ctrl+C to stop.");
     let _ = tokio::signal::ctrl_c().await;
     Ok(())
+}
+
+fn print_aidants(d: &aidants::DemoAidants, broker: &str) {
+    use aidants::*;
+    println!();
+    println!("Aidants (acting for someone under a mandate, citizen federation):");
+    println!("  organisation     {DEMO_ORG_NAME} (SIRET {DEMO_ORG_SIRET})");
+    println!("  aidant           {DEMO_AIDANT_EMAIL} / {DEMO_AIDANT_PASSWORD}");
+    println!("  TOTP secret      {DEMO_AIDANT_TOTP}   (fixed, demo only)");
+    println!("  otpauth URI      {}", demo_otpauth_uri());
+    println!(
+        "  usager           angela (Impôts), mandate {} for {} (12 months)",
+        d.mandate_id,
+        DEMO_MANDATE_DOMAINS.join(", ")
+    );
+    println!("  How to: enrol the secret in an authenticator app (or `oathtool --totp -b {DEMO_AIDANT_TOTP}`),");
+    println!("  open the demo service, sign in, choose \"Je suis un aidant professionnel\",");
+    println!("  enter the e-mail, password and current code, pick Angela and a domain.");
+    println!("  Use a browser without a citizen session (private window), since SSO skips the choice page.");
+    println!(
+        "  Create or revoke mandates at {broker}/aidant (the usager signs in themselves there)."
+    );
 }

@@ -243,7 +243,7 @@ fn stored_claims(raw: Option<String>) -> Option<Map<String, Value>> {
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time (H. Hinnant's civil-from-days).
-fn date(ts: i64) -> String {
+pub(crate) fn date(ts: i64) -> String {
     let z = ts.div_euclid(86_400) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -69,6 +69,10 @@ pub struct Interaction {
     /// Delegated sign-in: the aidant who signed in during this interaction.
     #[serde(default)]
     pub aidant: Option<super::aidant::AidantStep>,
+    /// Mandate creation: the usager signs in themselves on the aidant's
+    /// screen; the callback then goes to the recap, not to a service.
+    #[serde(default)]
+    pub mandate_draft: Option<super::mandate_new::MandateDraft>,
 }
 
 /// What a code stands for.
@@ -493,6 +497,7 @@ async fn authorize_inner(
         authn: if sso { existing } else { None },
         candidates: None,
         aidant: None,
+        mandate_draft: None,
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
@@ -938,6 +943,48 @@ pub async fn callback(
         }
     };
     tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
+    let now = ctx.now();
+
+    // Mandate creation: the usager's sign-in stays in the interaction (the
+    // browser is the aidant's: no broker session for the usager), and the
+    // recap page follows.
+    if inter.mandate_draft.is_some() {
+        let mut updated = inter.clone();
+        updated.pending = None;
+        updated.state_hash = None;
+        updated.authn = Some(Authn {
+            subject_key,
+            public_sub,
+            display_name,
+            claims,
+            provider: provider.cfg.id.clone(),
+            acr: login.acr,
+            amr: login.amr,
+            auth_time: now,
+            sid: random_token(16),
+            upstream_id_token: String::new(),
+            delegation: None,
+        });
+        let idata = serde_json::to_string(&updated).map_err(AppError::internal)?;
+        if !ctx
+            .app
+            .store
+            .update_if(
+                Kind::Interaction,
+                interaction_id,
+                &fed.id,
+                &inter_raw,
+                &idata,
+                now + fed.cfg.interaction_ttl_secs,
+            )
+            .await?
+        {
+            return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+        }
+        return Ok(redirect(
+            &fed.url(&format!("/interaction/{interaction_id}/mandat")),
+        ));
+    }
 
     // New session id after authentication (session fixation).
     let value = random_token(32);
@@ -1075,14 +1122,19 @@ pub fn record_json(r: &RegistryRecord) -> String {
 }
 
 fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
-    inter.authn.clone().ok_or_else(|| {
-        ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            "interaction_expired",
-            Some(ctx.back_url(&inter.req, "access_denied")),
-        )
-    })
+    // A mandate creation never ends at a service.
+    inter
+        .authn
+        .clone()
+        .filter(|_| inter.mandate_draft.is_none())
+        .ok_or_else(|| {
+            ctx.page_error(
+                inter.req.lang,
+                StatusCode::BAD_REQUEST,
+                "interaction_expired",
+                Some(ctx.back_url(&inter.req, "access_denied")),
+            )
+        })
 }
 
 pub async fn consent_page(

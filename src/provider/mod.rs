@@ -5,6 +5,7 @@ pub mod aidant;
 pub mod authorize;
 pub mod claims;
 pub mod logout;
+pub mod mandate_new;
 pub mod token;
 
 use crate::crypto::sha256_b64;
@@ -52,6 +53,25 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         .route(
             "/interaction/{id}/aidant/usagers",
             get(aidant::usagers_page).post(aidant::usagers_submit),
+        )
+        .route("/aidant", get(mandate_new::home))
+        .route("/aidant/login", post(mandate_new::login_submit))
+        .route("/aidant/mandats", post(mandate_new::draft_submit))
+        .route(
+            "/aidant/mandats/{mid}/attestation",
+            get(mandate_new::attestation),
+        )
+        .route(
+            "/aidant/mandats/{mid}/revoquer",
+            post(mandate_new::revoke_submit),
+        )
+        .route(
+            "/aidant/mandats/{mid}/revocation",
+            get(mandate_new::revocation),
+        )
+        .route(
+            "/interaction/{id}/mandat",
+            get(mandate_new::recap_page).post(mandate_new::recap_submit),
         )
         .route("/callback", get(authorize::callback))
         .route("/token", post(token::token))

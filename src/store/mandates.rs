@@ -499,8 +499,37 @@ impl Store {
         actor: &Actor,
         now: i64,
     ) -> std::result::Result<AidantCreated, MandateError> {
-        let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
         let secret = totp::generate_secret().map_err(StoreError::Other)?;
+        self.store_totp_secret(email, secret, actor, now).await
+    }
+
+    /// Set a given TOTP secret (base32, at least 16 bytes) for an aidant.
+    /// **Demo only** (`relais demo` prints a fixed secret that must stay
+    /// valid across restarts); real accounts use [`Store::reset_totp`].
+    pub async fn set_totp_secret(
+        &self,
+        email: &str,
+        secret_b32: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<AidantCreated, MandateError> {
+        if totp::base32_decode(secret_b32).is_none_or(|b| b.len() < 16) {
+            return Err(MandateError::Invalid(
+                "the TOTP secret must be base32 of at least 16 bytes".into(),
+            ));
+        }
+        self.store_totp_secret(email, secret_b32.to_string(), actor, now)
+            .await
+    }
+
+    async fn store_totp_secret(
+        &self,
+        email: &str,
+        secret: String,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<AidantCreated, MandateError> {
+        let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
         let mut tx = self.begin_write().await?;
         let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
             "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE email = $2 RETURNING id, current_org")
@@ -640,6 +669,60 @@ impl Store {
         tx.commit().await?;
         Ok(AidantLogin {
             aidant_id: id,
+            current_org,
+            totp_step: step,
+        })
+    }
+
+    /// Check a TOTP code alone for an aidant already identified (renewed
+    /// strong authentication before a mandate action). Same replay,
+    /// failure counting and lockout rules as [`Store::verify_password_and_totp`];
+    /// journalled as `aidant.totp_confirmed` with `purpose`.
+    pub async fn verify_totp(
+        &self,
+        aidant_id: &str,
+        code: &str,
+        purpose: &str,
+        now: i64,
+    ) -> std::result::Result<AidantLogin, LoginError> {
+        let row: Option<(String, i64, i64, Option<String>)> = on!(self, p => sqlx::query_as(
+            "SELECT totp_secret, totp_last_step, locked_until, current_org FROM aidants WHERE id = $1")
+            .bind(aidant_id).fetch_optional(p).await)?;
+        let Some((secret, last_step, locked_until, current_org)) = row else {
+            return Err(LoginError::Refused);
+        };
+        if locked_until > now {
+            return Err(LoginError::Refused);
+        }
+        let Some(step) = totp::verify(&secret, code, now, last_step) else {
+            self.aidant_failure(aidant_id, now).await?;
+            return Err(LoginError::Refused);
+        };
+        let mut tx = self.begin_write().await?;
+        let n = tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3")
+            .bind(step).bind(aidant_id).bind(now)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            drop(tx);
+            self.aidant_failure(aidant_id, now).await?;
+            return Err(LoginError::Refused);
+        }
+        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
+        tx.record(
+            Event {
+                kind: "aidant.totp_confirmed",
+                actor: &actor_name,
+                org_id: current_org.as_deref(),
+                data: json!({"aidant_id": aidant_id, "purpose": purpose}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AidantLogin {
+            aidant_id: aidant_id.to_string(),
             current_org,
             totp_step: step,
         })

@@ -31,6 +31,26 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             "aidant_usagers.html",
             include_str!("templates/aidant_usagers.html"),
         ),
+        (
+            "aidant_signin.html",
+            include_str!("templates/aidant_signin.html"),
+        ),
+        (
+            "aidant_home.html",
+            include_str!("templates/aidant_home.html"),
+        ),
+        (
+            "aidant_recap.html",
+            include_str!("templates/aidant_recap.html"),
+        ),
+        (
+            "aidant_attestation.html",
+            include_str!("templates/aidant_attestation.html"),
+        ),
+        (
+            "aidant_revocation.html",
+            include_str!("templates/aidant_revocation.html"),
+        ),
     ] {
         // Templates are compiled into the binary and covered by tests; a broken
         // one is reported at render time rather than aborting the process.

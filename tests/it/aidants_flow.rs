@@ -641,3 +641,431 @@ async fn fresh_aidant_session_is_reused_for_15_minutes() {
         env.cleanup().await;
     }
 }
+
+/// `relais demo`'s aidant data: created idempotently; the printed
+/// credentials and fixed TOTP secret work through the pages at the demo
+/// service, which accepts delegation; angela is listed and can be chosen.
+#[tokio::test]
+async fn demo_aidant_signs_in_with_printed_secret() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let first = seed(&env.stack).await.unwrap();
+        let again = seed(&env.stack).await.unwrap();
+        assert_eq!(first.org_id, again.org_id);
+        assert_eq!(first.aidant_id, again.aidant_id);
+        assert_eq!(first.mandate_id, again.mandate_id, "idempotent");
+        let s = &env.stack.state.store;
+        let org = s
+            .organisation_by_siret(DEMO_ORG_SIRET)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(org.name, DEMO_ORG_NAME);
+        assert!(demo_otpauth_uri().contains(DEMO_AIDANT_TOTP));
+
+        let rp = Rp::demo(&env).await;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let browser = Browser::new();
+        let auth = rp.authorize(SCOPES, &[]);
+        let (url, status, html) = browser.go(&auth.url, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("aidant-entry"), "{html}");
+        let (url, status, html) = browser.go(&format!("{url}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, mut fields) = form(&html);
+        env.stack.state.advance_clock(30);
+        let code = totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push(("totp".into(), code));
+        let (url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("choice".into(), format!("{}:papiers", first.mandate_id)));
+        let (url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("id=\"delegation\""), "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("decision".into(), "accept".into()));
+        let arrived = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .arrived();
+        let code = rp.code_from(&arrived, &auth);
+        let t = rp.exchange(&code, &auth).await.unwrap();
+        assert_eq!(t.claims["mandate"]["id"], json!(first.mandate_id));
+        assert_eq!(t.claims["mandate"]["domain"], json!("papiers"));
+        assert_eq!(t.claims["act"]["siret"], json!(DEMO_ORG_SIRET));
+        env.cleanup().await;
+    }
+}
+
+/// A fresh code of the demo aidant (the clock moves one step first).
+fn demo_code(env: &Env) -> String {
+    env.stack.state.advance_clock(30);
+    totp::code_at(
+        relais::demo::aidants::DEMO_AIDANT_TOTP,
+        env.stack.state.now(),
+    )
+    .unwrap()
+}
+
+/// Mandate creation through the pages: aidant sign-in (and TOTP again after
+/// 15 minutes), domains and duration, the usager's OWN sign-in (no recap
+/// without it), recap confirmed by TOTP, printable attestation; the new
+/// mandate is then usable in a delegated sign-in at the demo service.
+#[tokio::test]
+async fn mandate_creation_requires_usager_sign_in_then_usable() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let browser = Browser::new();
+
+        // Aidant sign-in.
+        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("name=\"email\""), "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), "wrong password!".into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, _) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 401);
+        fields.retain(|(k, _)| k != "password" && k != "totp");
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-draft"), "{html}");
+
+        // 16 minutes later: only a new TOTP code is asked.
+        env.stack.state.advance_clock(16 * 60);
+        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(
+            !html.contains("name=\"email\"") && html.contains("name=\"totp\""),
+            "{html}"
+        );
+        let (action, mut fields) = form(&html);
+        fields.push(("totp".into(), demo_code(&env)));
+        let (url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-draft"), "{html}");
+
+        // Domains and duration; then the usager's own sign-in.
+        let (action, mut fields) = form(&html);
+        fields.push(("domain_famille".into(), "on".into()));
+        fields.push(("domain_social".into(), "on".into()));
+        fields.push(("duration".into(), "30".into()));
+        let (choice_url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("name=\"provider\""), "{html}");
+        assert!(!html.contains("aidant-entry"), "{html}");
+
+        // No recap, no creation without the usager's sign-in.
+        let (_, status, _) = browser
+            .go(&format!("{choice_url}/mandat"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 400);
+        let (_, mut hidden) = form(&html);
+        hidden.push(("informed".into(), "yes".into()));
+        hidden.push(("totp".into(), demo_code(&env)));
+        let (_, status, _) = browser
+            .post(&format!("{choice_url}/mandat"), &hidden, &stop)
+            .await
+            .page();
+        assert_eq!(status, 400);
+        let (_, status, _) = browser
+            .go(&format!("{choice_url}/consent"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 400, "never reaches a service's consent");
+        assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
+
+        // Eric signs in himself at his provider.
+        let (action, mut fields) = form(&html);
+        fields.push(("provider".into(), "impots".into()));
+        let (url, status, html) = browser
+            .post(&absolute(&choice_url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("name=\"password\""), "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("login".into(), "eric".into()));
+        fields.push(("password".into(), "123".into()));
+        fields.push(("action".into(), "login".into()));
+        let (recap_url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(recap_url.ends_with("/mandat"), "{recap_url}");
+        assert!(
+            html.contains("mandate-recap") && html.contains("MERCIER"),
+            "{html}"
+        );
+        assert!(html.contains("famille, social"), "{html}");
+
+        // Confirmation: checkbox and a valid, fresh code are required.
+        let (action, hidden) = form(&html);
+        let mut fields = hidden.clone();
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, _) = browser
+            .post(&absolute(&recap_url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 401, "not confirmed that the usager was informed");
+        let mut fields = hidden.clone();
+        fields.push(("informed".into(), "yes".into()));
+        fields.push(("totp".into(), "000000".into()));
+        let (_, status, _) = browser
+            .post(&absolute(&recap_url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 401, "wrong code");
+        assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
+        let mut fields = hidden.clone();
+        fields.push(("informed".into(), "yes".into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (att_url, status, html) = browser
+            .post(&absolute(&recap_url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(att_url.ends_with("/attestation"), "{att_url}");
+        let mid = att_url.rsplit('/').nth(1).unwrap().to_string();
+        let m = store.mandate(&mid).await.unwrap().unwrap();
+        assert_eq!(m.org_id, demo.org_id);
+        assert_eq!(m.consent_version, "relais-mandat-v1");
+        let domains: Vec<_> = m.authorisations.iter().map(|a| a.domain.as_str()).collect();
+        assert_eq!(domains, ["famille", "social"]);
+        let days = (m.authorisations[0].expires_at - m.authorisations[0].starts_at) / 86_400;
+        assert_eq!(days, 30);
+        let org = store.organisation(&demo.org_id).await.unwrap().unwrap();
+        let hash = relais::provider::mandate_new::attestation_hash(&m, &org);
+        assert!(html.contains(&hash) && html.contains(&mid), "{html}");
+        let (_, claims) = store.usager(&m.usager_id).await.unwrap().unwrap();
+        assert!(claims.unwrap().contains("Mercier"));
+        // The interaction is used up.
+        let (_, status, _) = browser.go(&recap_url, &stop).await.page();
+        assert_eq!(status, 400);
+        let kinds: Vec<String> = store
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"mandate.created".to_string()));
+        assert!(kinds.contains(&"aidant.totp_confirmed".to_string()));
+
+        // Eric's own sub at the demo service, then the aidant acts for him.
+        let rp = Rp::demo(&env).await;
+        let own = full_sign_in(&env, &rp, &Browser::new(), "impots", "eric", SCOPES, &[]).await;
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice, status, html) = browser.go(&auth.url, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("aidant-entry"), "{html}");
+        // The aidant's sign-in on this browser is fresh: straight to the usagers.
+        let (url, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("MERCIER"), "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("choice".into(), format!("{mid}:famille")));
+        let (url, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("decision".into(), "accept".into()));
+        let arrived = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .arrived();
+        let t = rp
+            .exchange(&rp.code_from(&arrived, &auth), &auth)
+            .await
+            .unwrap();
+        assert_eq!(t.claims["sub"], own.claims["sub"]);
+        assert_eq!(t.claims["mandate"]["id"], json!(mid));
+        assert_eq!(t.claims["mandate"]["domain"], json!("famille"));
+        env.cleanup().await;
+    }
+}
+
+/// Delegated sign-in at the demo service with the demo aidant on `browser`
+/// (signing in unless the browser holds a fresh aidant sign-in).
+async fn demo_delegated(env: &Env, rp: &Rp, browser: &Browser, choice: &str) -> Tokens {
+    use relais::demo::aidants::*;
+    let stop = format!("{}/callback", env.stack.urls.service);
+    let auth = rp.authorize(SCOPES, &[]);
+    let (url, status, html) = browser.go(&auth.url, &stop).await.page();
+    assert_eq!(status, 200, "{html}");
+    let (mut url, status, mut html) = browser.go(&format!("{url}/aidant"), &stop).await.page();
+    assert_eq!(status, 200, "{html}");
+    if html.contains("name=\"password\"") {
+        let (action, mut fields) = form(&html);
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push(("totp".into(), demo_code(env)));
+        (url, _, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+    }
+    let (action, mut fields) = form(&html);
+    fields.push(("choice".into(), choice.into()));
+    let (url, status, html) = browser
+        .post(&absolute(&url, &action), &fields, &stop)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("decision".into(), "accept".into()));
+    let arrived = browser
+        .post(&absolute(&url, &action), &fields, &stop)
+        .await
+        .arrived();
+    rp.exchange(&rp.code_from(&arrived, &auth), &auth)
+        .await
+        .unwrap()
+}
+
+/// Revocation by an aidant through the pages (one domain, then the whole
+/// mandate): a fresh sign-in is required, a printable revocation
+/// attestation is shown, and access tokens already issued stop working at
+/// userinfo at once.
+#[tokio::test]
+async fn aidant_revocation_page_takes_effect_immediately() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let rp = Rp::demo(&env).await;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let browser = Browser::new();
+        let first = demo_delegated(&env, &rp, &browser, &format!("{mid}:papiers")).await;
+        assert_eq!(rp.userinfo(&first.access_token).await.status(), 200);
+
+        // The aidant's page lists the mandate with its revocation forms.
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(&format!("mandate-{mid}")), "{html}");
+        assert!(html.contains("ANGELA") || html.contains("DUBOIS"), "{html}");
+        let (_, hidden) = form(&html);
+        let revoke = format!("{broker}/aidant/mandats/{mid}/revoquer");
+
+        // Wrong CSRF token: refused.
+        let bad = vec![
+            ("csrf".to_string(), "nope".to_string()),
+            ("domain".to_string(), "papiers".to_string()),
+        ];
+        let (_, status, _) = browser.post(&revoke, &bad, &stop).await.page();
+        assert_eq!(status, 403);
+        // Not fresh: the code is asked again, nothing revoked.
+        env.stack.state.advance_clock(16 * 60);
+        let mut fields = hidden.clone();
+        fields.push(("domain".into(), "papiers".into()));
+        let (url, status, html) = browser.post(&revoke, &fields, &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(
+            html.contains("name=\"totp\"") && !html.contains("name=\"email\""),
+            "{html}"
+        );
+        let now = env.stack.state.now();
+        assert!(store
+            .active_authorisation(&mid, "papiers", now)
+            .await
+            .unwrap());
+        let (action, mut totp_fields) = form(&html);
+        totp_fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = browser
+            .post(&absolute(&url, &action), &totp_fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        let (_, hidden) = form(&html);
+        // Tokens issued under the renewed sign-in (same browser, reused).
+        let papiers = demo_delegated(&env, &rp, &browser, &format!("{mid}:papiers")).await;
+        let social = demo_delegated(&env, &rp, &browser, &format!("{mid}:social")).await;
+        assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 200);
+
+        // One domain.
+        let mut fields = hidden.clone();
+        fields.push(("domain".into(), "papiers".into()));
+        let (url, status, html) = browser.post(&revoke, &fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.ends_with("/revocation"), "{url}");
+        assert!(
+            html.contains("papiers") && !html.contains("<td>social</td>"),
+            "{html}"
+        );
+        let m = store.mandate(&mid).await.unwrap().unwrap();
+        let org = store.organisation(&m.org_id).await.unwrap().unwrap();
+        assert!(html.contains(&relais::provider::mandate_new::revocation_hash(&m, &org)));
+        assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 401);
+        assert_eq!(rp.userinfo(&social.access_token).await.status(), 200);
+
+        // The whole mandate.
+        let (_, status, _) = browser.post(&revoke, &hidden, &stop).await.page();
+        assert_eq!(status, 200);
+        assert_eq!(rp.userinfo(&social.access_token).await.status(), 401);
+        let now = env.stack.state.now();
+        assert!(!store
+            .active_authorisation(&mid, "social", now)
+            .await
+            .unwrap());
+        let kinds: Vec<String> = store
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"authorisation.revoked".to_string()));
+        assert!(kinds.contains(&"mandate.revoked".to_string()));
+
+        // Another browser (no aidant sign-in) sees neither page nor action.
+        let other = Browser::new();
+        let (_, status, html) = other
+            .go(&format!("{broker}/aidant/mandats/{mid}/revocation"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(
+            html.contains("name=\"email\"") && !html.contains(&mid),
+            "{html}"
+        );
+        env.cleanup().await;
+    }
+}

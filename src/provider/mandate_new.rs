@@ -1,0 +1,729 @@
+//! Mandate creation by an aidant (flow 1 of the aidants issue): the aidant
+//! signs in at `/aidant` (password + TOTP; only the TOTP code again when
+//! their sign-in on this browser is older than 15 minutes), chooses domains
+//! and a duration; the usager then signs in **themselves** through the
+//! normal federation on the aidant's screen (an interaction marked with a
+//! [`MandateDraft`]: its callback goes to the recap, never to a service);
+//! the aidant confirms the recap with a TOTP code; Relais creates the
+//! mandate, stores the usager's pivot claims and shows a printable
+//! attestation.
+
+use super::aidant::{AidantStep, AIDANT_FRESH_SECS};
+use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
+use super::claims::ClaimsRequest;
+use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params, SessionData};
+use crate::config::Profile;
+use crate::crypto::{random_token, sha256_b64};
+use crate::error::{redirect, AppError};
+use crate::identity::PivotIdentity;
+use crate::mandates::{journal::sha256_hex, Mandate, NewMandate, Organisation, Salt};
+use crate::store::Kind;
+use crate::web::Lang;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Version of the consent text shown on the recap.
+pub const CONSENT_VERSION: &str = "relais-mandat-v1";
+/// The consent text the usager is informed of (its SHA-256 is stored).
+pub const CONSENT_TEXT: &str =
+    "J'autorise la structure nommée ci-dessus, par ses aidants professionnels, \
+à réaliser en mon nom les démarches en ligne des domaines listés, jusqu'à la date de fin indiquée. \
+Je peux révoquer ce mandat à tout moment. Chaque utilisation est enregistrée dans un journal. \
+(I authorise the organisation named above, through its professional helpers, to carry out on my \
+behalf the online procedures of the listed domains until the end date. I can revoke this mandate \
+at any time. Every use is recorded in a journal.)";
+
+/// Durations offered: (days, label).
+pub const DURATIONS: [(i64, &str); 4] = [
+    (1, "1 jour (1 day)"),
+    (30, "1 mois (1 month)"),
+    (182, "6 mois (6 months)"),
+    (365, "12 mois (12 months)"),
+];
+
+/// What the aidant chose before the usager's sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MandateDraft {
+    pub aidant_id: String,
+    pub org_id: String,
+    pub domains: Vec<String>,
+    pub duration_days: i64,
+}
+
+/// SHA-256 (hex) of the canonical mandate record printed on the
+/// attestation: id, organisation, usager id, creating aidant, consent
+/// version and hash, creation time and each domain with its dates.
+pub fn attestation_hash(m: &Mandate, org: &Organisation) -> String {
+    let auths: Vec<Value> = m
+        .authorisations
+        .iter()
+        .map(|a| json!([a.domain, a.starts_at, a.expires_at]))
+        .collect();
+    let record = json!([
+        "relais-mandate-attestation-v1",
+        m.id,
+        org.siret,
+        org.name,
+        m.usager_id,
+        m.created_by,
+        m.consent_version,
+        m.consent_hash,
+        m.created_at,
+        auths
+    ]);
+    sha256_hex(record.to_string().as_bytes())
+}
+
+fn citizen_only(ctx: &Ctx, lang: Lang) -> Result<(), AppError> {
+    if ctx.fed.cfg.profile == Profile::Citizen {
+        Ok(())
+    } else {
+        Err(ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None))
+    }
+}
+
+/// The browser's session id and its aidant sign-in, if any.
+async fn aidant_session(
+    ctx: &Ctx,
+    cookies: &Cookies,
+) -> Result<Option<(String, AidantStep)>, AppError> {
+    let Some(sid) = cookies.session_id(&ctx.fed) else {
+        return Ok(None);
+    };
+    Ok(load_session(ctx, &sid)
+        .await?
+        .and_then(|s| s.aidant)
+        .map(|a| (sid, a)))
+}
+
+fn fresh(ctx: &Ctx, a: &AidantStep) -> bool {
+    let now = ctx.now();
+    a.auth_time <= now && now - a.auth_time <= AIDANT_FRESH_SECS
+}
+
+/// CSRF token of the aidant pages: bound to the (secret) session id.
+fn csrf_for(sid: &str) -> String {
+    sha256_b64(format!("relais-aidant-csrf:{sid}").as_bytes())
+}
+
+fn home_url(ctx: &Ctx) -> String {
+    ctx.fed.url("/aidant")
+}
+
+fn sign_in_form(ctx: &Ctx, lang: Lang, totp_only: bool, error: bool) -> Result<Response, AppError> {
+    let mut resp = ctx.page(
+        lang,
+        "aidant_signin.html",
+        minijinja::context! {
+            action => ctx.fed.url("/aidant/login"),
+            totp_only => totp_only,
+            error => error,
+        },
+    )?;
+    if error {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct DurationView {
+    days: i64,
+    label: &'static str,
+}
+
+/// GET `/aidant`: sign-in (or TOTP again), then the mandate creation form.
+pub async fn home(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+        return sign_in_form(&ctx, lang, false, false);
+    };
+    if !fresh(&ctx, &step) {
+        return sign_in_form(&ctx, lang, true, false);
+    }
+    let org = ctx
+        .app
+        .store
+        .organisation(&step.org_id)
+        .await?
+        .filter(|o| o.active)
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+    let now = ctx.now();
+    let mut mandates = Vec::new();
+    for m in ctx.app.store.list_mandates(&org.id).await? {
+        mandates.push(MandateView {
+            usager: usager_name(&ctx, &m.usager_id).await?,
+            authorisations: auth_views(&m, now),
+            revocable: m.authorisations.iter().any(|a| a.is_active(now)),
+            revoke_action: ctx.fed.url(&format!("/aidant/mandats/{}/revoquer", m.id)),
+            attestation_url: ctx
+                .fed
+                .url(&format!("/aidant/mandats/{}/attestation", m.id)),
+            revocation_url: ctx.fed.url(&format!("/aidant/mandats/{}/revocation", m.id)),
+            revoked: m.authorisations.iter().any(|a| a.revoked_at.is_some()),
+            id: m.id,
+        });
+    }
+    let durations: Vec<DurationView> = DURATIONS
+        .iter()
+        .map(|(days, label)| DurationView { days: *days, label })
+        .collect();
+    ctx.page(
+        lang,
+        "aidant_home.html",
+        minijinja::context! {
+            action => ctx.fed.url("/aidant/mandats"),
+            csrf => csrf_for(&sid),
+            organisation => org.name,
+            domains => org.allowed_domains(),
+            durations => durations,
+            mandates => mandates,
+        },
+    )
+}
+
+/// POST `/aidant/login`: e-mail, password and code; or only the code when
+/// this browser holds the aidant's (no longer fresh) sign-in.
+pub async fn login_submit(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let now = ctx.now();
+    let store = &ctx.app.store;
+    let code = form.get("totp").unwrap_or("").trim();
+    let existing = aidant_session(&ctx, &cookies).await?;
+    let email = form.get("email").unwrap_or("");
+    let (login, totp_only) = match (&existing, email.is_empty()) {
+        (Some((_, step)), true) => (
+            store
+                .verify_totp(&step.aidant_id, code, "renewed_authentication", now)
+                .await,
+            true,
+        ),
+        _ => (
+            store
+                .verify_password_and_totp(email, form.get("password").unwrap_or(""), code, now)
+                .await,
+            false,
+        ),
+    };
+    let login = match login {
+        Ok(l) => l,
+        Err(crate::mandates::LoginError::Refused) => {
+            tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, ok = false, page = "mandates", "aidant sign-in refused");
+            return sign_in_form(&ctx, lang, totp_only, true);
+        }
+        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+    };
+    let Some(org_id) = login.current_org else {
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None));
+    };
+    // A new session (new id after authentication), replacing any other.
+    let fed = &ctx.fed;
+    let value = random_token(32);
+    let new_sid = session_key(&value);
+    let data = serde_json::to_string(&SessionData {
+        authn: None,
+        aidant: Some(AidantStep {
+            aidant_id: login.aidant_id,
+            org_id,
+            auth_time: now,
+        }),
+    })
+    .map_err(AppError::internal)?;
+    store
+        .put(
+            Kind::Session,
+            &new_sid,
+            &fed.id,
+            &data,
+            now + fed.cfg.session_ttl_secs,
+        )
+        .await?;
+    if let Some(old) = cookies.session_id(fed) {
+        store.delete(Kind::Session, &old, &fed.id).await?;
+    }
+    let mut resp = redirect(&home_url(&ctx));
+    resp.headers_mut().insert(
+        axum::http::header::SET_COOKIE,
+        set_cookie(&ctx, &value, fed.cfg.session_ttl_secs),
+    );
+    Ok(resp)
+}
+
+/// POST `/aidant/mandats`: domains (`domain_<name>`) and `duration` (days);
+/// starts the usager's own sign-in.
+pub async fn draft_submit(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let given = form.get("csrf").unwrap_or("");
+    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    if !fresh(&ctx, &step) {
+        return Ok(redirect(&home_url(&ctx)));
+    }
+    let bad = || {
+        ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some(home_url(&ctx)),
+        )
+    };
+    let org = ctx
+        .app
+        .store
+        .organisation(&step.org_id)
+        .await?
+        .filter(|o| o.active)
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+    let domains: Vec<String> = org
+        .allowed_domains()
+        .into_iter()
+        .filter(|d| form.get(&format!("domain_{d}")).is_some())
+        .collect();
+    let duration_days = form
+        .get("duration")
+        .and_then(|d| d.parse::<i64>().ok())
+        .filter(|d| DURATIONS.iter().any(|(days, _)| days == d))
+        .ok_or_else(bad)?;
+    if domains.is_empty() {
+        return Err(bad());
+    }
+    let fed = &ctx.fed;
+    let req = AuthRequest {
+        client_id: String::new(),
+        redirect_uri: home_url(&ctx),
+        state: None,
+        nonce: None,
+        scopes: vec![],
+        code_challenge: None,
+        acr_min: None,
+        // The usager signs in anew at their provider, on a shared screen.
+        prompt: vec!["login".into()],
+        max_age: None,
+        login_hint: None,
+        idp_hint: None,
+        siret_hint: None,
+        lang,
+        claims: ClaimsRequest::default(),
+    };
+    let inter = Interaction {
+        req,
+        session: sid,
+        had_session: true,
+        csrf: random_token(24),
+        provider: None,
+        pending: None,
+        state_hash: None,
+        authn: None,
+        candidates: None,
+        aidant: None,
+        mandate_draft: Some(MandateDraft {
+            aidant_id: step.aidant_id,
+            org_id: step.org_id,
+            domains,
+            duration_days,
+        }),
+    };
+    let id = random_token(24);
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .put(
+            Kind::Interaction,
+            &id,
+            &fed.id,
+            &data,
+            ctx.now() + fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    Ok(redirect(&fed.url(&format!("/interaction/{id}"))))
+}
+
+/// The draft and the usager's own sign-in; without the latter there is no
+/// recap.
+fn draft_and_usager(
+    ctx: &Ctx,
+    inter: &Interaction,
+) -> Result<(MandateDraft, super::Authn), AppError> {
+    let expired = || {
+        ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "interaction_expired",
+            Some(home_url(ctx)),
+        )
+    };
+    let draft = inter.mandate_draft.clone().ok_or_else(expired)?;
+    let authn = inter.authn.clone().ok_or_else(expired)?;
+    Ok((draft, authn))
+}
+
+fn end_date(now: i64, days: i64) -> String {
+    super::aidant::date(now + days * 86_400)
+}
+
+async fn recap(
+    ctx: &Ctx,
+    id: &str,
+    inter: &Interaction,
+    error: bool,
+) -> Result<Response, AppError> {
+    let (draft, authn) = draft_and_usager(ctx, inter)?;
+    let org = ctx
+        .app
+        .store
+        .organisation(&draft.org_id)
+        .await?
+        .ok_or_else(|| AppError::internal("organisation vanished"))?;
+    let now = ctx.now();
+    let mut resp = ctx.page(
+        inter.req.lang,
+        "aidant_recap.html",
+        minijinja::context! {
+            action => ctx.fed.url(&format!("/interaction/{id}/mandat")),
+            csrf => inter.csrf,
+            usager => authn.display_name,
+            birthdate => authn.claims.get("birthdate").and_then(Value::as_str).unwrap_or(""),
+            organisation => org.name,
+            siret => org.siret,
+            domains => draft.domains,
+            starts => super::aidant::date(now),
+            ends => end_date(now, draft.duration_days),
+            consent_version => CONSENT_VERSION,
+            consent_text => CONSENT_TEXT,
+            error => error,
+            back_url => home_url(ctx),
+        },
+    )?;
+    if error {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(resp)
+}
+
+/// GET `/interaction/{id}/mandat`: the recap, after the usager's sign-in.
+pub async fn recap_page(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    recap(&ctx, &id, &inter, false).await
+}
+
+/// POST `/interaction/{id}/mandat`: the aidant confirms with a TOTP code
+/// that the usager was informed and agreed; the mandate is created.
+pub async fn recap_submit(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let (draft, authn) = draft_and_usager(&ctx, &inter)?;
+    let lang = inter.req.lang;
+    if form.get("informed") != Some("yes") {
+        return recap(&ctx, &id, &inter, true).await;
+    }
+    let store = &ctx.app.store;
+    let now = ctx.now();
+    match store
+        .verify_totp(
+            &draft.aidant_id,
+            form.get("totp").unwrap_or("").trim(),
+            "mandate_creation",
+            now,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(crate::mandates::LoginError::Refused) => return recap(&ctx, &id, &inter, true).await,
+        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+    }
+    // Single use of the interaction.
+    if store
+        .take(Kind::Interaction, &id, &ctx.fed.id, now)
+        .await?
+        .is_none()
+    {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+    }
+    let identity = PivotIdentity::from_claims(&authn.claims).map_err(AppError::internal)?;
+    let salt = Salt::load_or_create(&ctx.app.journal_salt_path).map_err(AppError::internal)?;
+    let refused = |e: crate::mandates::MandateError| {
+        tracing::warn!(event = "mandate_creation_refused", error = ?e, "mandate creation refused");
+        ctx.page_error(
+            lang,
+            StatusCode::FORBIDDEN,
+            "mandate_refused",
+            Some(home_url(&ctx)),
+        )
+    };
+    let usager_id = store
+        .upsert_usager(&identity.identity_key(), &salt, now)
+        .await
+        .map_err(refused)?;
+    store
+        .set_usager_claims(&usager_id, &Value::Object(identity.to_claims()).to_string())
+        .await?;
+    let domains: Vec<&str> = draft.domains.iter().map(String::as_str).collect();
+    let mandate = store
+        .create_mandate(
+            &NewMandate {
+                org_id: &draft.org_id,
+                usager_id: &usager_id,
+                aidant_id: &draft.aidant_id,
+                domains: &domains,
+                duration_days: draft.duration_days,
+                consent_version: CONSENT_VERSION,
+                consent_hash: &sha256_hex(CONSENT_TEXT.as_bytes()),
+            },
+            now,
+        )
+        .await
+        .map_err(refused)?;
+    tracing::info!(event = "mandate_created", federation = %ctx.fed.id, "mandate created");
+    Ok(redirect(&ctx.fed.url(&format!(
+        "/aidant/mandats/{}/attestation",
+        mandate.id
+    ))))
+}
+
+#[derive(Serialize)]
+struct AuthView {
+    domain: String,
+    starts: String,
+    expires: String,
+    status: &'static str,
+    active: bool,
+    revoked_at: Option<String>,
+    revoked_by: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MandateView {
+    id: String,
+    usager: String,
+    authorisations: Vec<AuthView>,
+    revocable: bool,
+    revoked: bool,
+    revoke_action: String,
+    attestation_url: String,
+    revocation_url: String,
+}
+
+fn auth_views(m: &Mandate, now: i64) -> Vec<AuthView> {
+    m.authorisations
+        .iter()
+        .map(|a| AuthView {
+            domain: a.domain.clone(),
+            starts: super::aidant::date(a.starts_at),
+            expires: super::aidant::date(a.expires_at),
+            status: a.status(now),
+            active: a.is_active(now),
+            revoked_at: a.revoked_at.map(crate::mandates::cli::utc),
+            revoked_by: a.revoked_by.clone(),
+        })
+        .collect()
+}
+
+/// "Given FAMILY" from the usager's stored claims (empty if unknown).
+async fn usager_name(ctx: &Ctx, usager_id: &str) -> Result<String, AppError> {
+    let claims = match ctx.app.store.usager(usager_id).await? {
+        Some((_, Some(raw))) => serde_json::from_str::<Value>(&raw).ok(),
+        _ => None,
+    };
+    Ok(claims
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["given_name"].as_str().unwrap_or(""),
+                c["family_name"].as_str().unwrap_or("").to_uppercase()
+            )
+        })
+        .unwrap_or_default())
+}
+
+/// SHA-256 (hex) of the canonical revocation record: the mandate id and,
+/// for each revoked domain, its revocation time and author.
+pub fn revocation_hash(m: &Mandate, org: &Organisation) -> String {
+    let revoked: Vec<Value> = m
+        .authorisations
+        .iter()
+        .filter_map(|a| {
+            a.revoked_at
+                .map(|at| json!([a.domain, a.starts_at, a.expires_at, at, a.revoked_by]))
+        })
+        .collect();
+    let record = json!([
+        "relais-mandate-revocation-v1",
+        m.id,
+        org.siret,
+        m.usager_id,
+        revoked
+    ]);
+    sha256_hex(record.to_string().as_bytes())
+}
+
+/// POST `/aidant/mandats/{mid}/revoquer`: revoke the whole mandate, or one
+/// `domain`. Needs a fresh sign-in (else the TOTP code is asked again).
+pub async fn revoke_submit(
+    State(ctx): State<Ctx>,
+    Path(mid): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let given = form.get("csrf").unwrap_or("");
+    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    if !fresh(&ctx, &step) {
+        return Ok(redirect(&home_url(&ctx)));
+    }
+    let store = &ctx.app.store;
+    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    // Only mandates of the aidant's current organisation.
+    store
+        .mandate(&mid)
+        .await?
+        .filter(|m| m.org_id == step.org_id)
+        .ok_or_else(not_found)?;
+    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone());
+    let now = ctx.now();
+    let result = match form.get("domain").filter(|d| !d.is_empty()) {
+        Some(d) => store.revoke_domain(&mid, d, &actor, now).await,
+        None => store.revoke_mandate(&mid, &actor, now).await,
+    };
+    match result {
+        Ok(domains) => {
+            tracing::info!(event = "mandate_revoked", federation = %ctx.fed.id, domains = %domains.join(","), "mandate revoked by an aidant");
+        }
+        Err(crate::mandates::MandateError::NotAllowed) => {
+            return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
+        }
+        Err(crate::mandates::MandateError::NotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+    }
+    Ok(redirect(
+        &ctx.fed.url(&format!("/aidant/mandats/{mid}/revocation")),
+    ))
+}
+
+/// GET `/aidant/mandats/{mid}/revocation`: printable revocation attestation.
+pub async fn revocation(
+    State(ctx): State<Ctx>,
+    Path(mid): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let Some((_, step)) = aidant_session(&ctx, &cookies).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let store = &ctx.app.store;
+    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    let m = store
+        .mandate(&mid)
+        .await?
+        .filter(|m| m.org_id == step.org_id)
+        .ok_or_else(not_found)?;
+    let org = store.organisation(&m.org_id).await?.ok_or_else(not_found)?;
+    let revoked: Vec<AuthView> = auth_views(&m, ctx.now())
+        .into_iter()
+        .filter(|a| a.revoked_at.is_some())
+        .collect();
+    if revoked.is_empty() {
+        return Err(not_found());
+    }
+    ctx.page(
+        lang,
+        "aidant_revocation.html",
+        minijinja::context! {
+            mandate_id => m.id,
+            organisation => org.name,
+            siret => org.siret,
+            usager => usager_name(&ctx, &m.usager_id).await?,
+            revoked => revoked,
+            hash => revocation_hash(&m, &org),
+            home_url => home_url(&ctx),
+        },
+    )
+}
+
+/// GET `/aidant/mandats/{mid}/attestation`: printable attestation, for an
+/// aidant of the mandate's organisation.
+pub async fn attestation(
+    State(ctx): State<Ctx>,
+    Path(mid): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let Some((_, step)) = aidant_session(&ctx, &cookies).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let store = &ctx.app.store;
+    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    let m = store
+        .mandate(&mid)
+        .await?
+        .filter(|m| m.org_id == step.org_id)
+        .ok_or_else(not_found)?;
+    let org = store.organisation(&m.org_id).await?.ok_or_else(not_found)?;
+    let name = usager_name(&ctx, &m.usager_id).await?;
+    let auths = auth_views(&m, ctx.now());
+    ctx.page(
+        lang,
+        "aidant_attestation.html",
+        minijinja::context! {
+            mandate_id => m.id,
+            organisation => org.name,
+            siret => org.siret,
+            usager => name,
+            created => super::aidant::date(m.created_at),
+            consent_version => m.consent_version,
+            consent_hash => m.consent_hash,
+            authorisations => auths,
+            hash => attestation_hash(&m, &org),
+            home_url => home_url(&ctx),
+        },
+    )
+}
