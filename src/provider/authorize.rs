@@ -73,6 +73,11 @@ pub struct Interaction {
     /// screen; the callback then goes to the recap, not to a service.
     #[serde(default)]
     pub mandate_draft: Option<super::mandate_new::MandateDraft>,
+    /// Usager consultation: the person signs in to see and revoke the
+    /// mandates about them; the callback goes to that page, never to a
+    /// service, and no broker session is created.
+    #[serde(default)]
+    pub usager_consultation: bool,
 }
 
 /// What a code stands for.
@@ -498,6 +503,7 @@ async fn authorize_inner(
         candidates: None,
         aidant: None,
         mandate_draft: None,
+        usager_consultation: false,
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
@@ -948,7 +954,7 @@ pub async fn callback(
     // Mandate creation: the usager's sign-in stays in the interaction (the
     // browser is the aidant's: no broker session for the usager), and the
     // recap page follows.
-    if inter.mandate_draft.is_some() {
+    if inter.mandate_draft.is_some() || inter.usager_consultation {
         let mut updated = inter.clone();
         updated.pending = None;
         updated.state_hash = None;
@@ -981,8 +987,13 @@ pub async fn callback(
         {
             return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
         }
+        let page = if inter.usager_consultation {
+            "usager"
+        } else {
+            "mandat"
+        };
         return Ok(redirect(
-            &fed.url(&format!("/interaction/{interaction_id}/mandat")),
+            &fed.url(&format!("/interaction/{interaction_id}/{page}")),
         ));
     }
 
@@ -1126,7 +1137,7 @@ fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
     inter
         .authn
         .clone()
-        .filter(|_| inter.mandate_draft.is_none())
+        .filter(|_| inter.mandate_draft.is_none() && !inter.usager_consultation)
         .ok_or_else(|| {
             ctx.page_error(
                 inter.req.lang,

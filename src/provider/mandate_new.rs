@@ -169,6 +169,8 @@ pub async fn home(
                 .url(&format!("/aidant/mandats/{}/attestation", m.id)),
             revocation_url: ctx.fed.url(&format!("/aidant/mandats/{}/revocation", m.id)),
             revoked: m.authorisations.iter().any(|a| a.revoked_at.is_some()),
+            renew_url: renewable(&m, now)
+                .then(|| ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id))),
             id: m.id,
         });
     }
@@ -176,10 +178,12 @@ pub async fn home(
         .iter()
         .map(|(days, label)| DurationView { days: *days, label })
         .collect();
+    let dashboard = referent_dashboard(&ctx, &step, &org.id, &mandates, now).await?;
     ctx.page(
         lang,
         "aidant_home.html",
         minijinja::context! {
+            dashboard => dashboard,
             action => ctx.fed.url("/aidant/mandats"),
             csrf => csrf_for(&sid),
             organisation => org.name,
@@ -188,6 +192,93 @@ pub async fn home(
             mandates => mandates,
         },
     )
+}
+
+/// Window for "mandates expiring soon" on the référent dashboard.
+pub const EXPIRING_WITHIN_SECS: i64 = 30 * 86_400;
+/// Recent uses shown on the référent dashboard.
+const RECENT_USES: i64 = 20;
+
+#[derive(Serialize)]
+struct ExpiringView {
+    mandate_id: String,
+    usager: String,
+    domain: String,
+    expires: String,
+}
+
+#[derive(Serialize)]
+struct UseView {
+    at: String,
+    mandate_id: String,
+    client: String,
+    domain: String,
+}
+
+#[derive(Serialize)]
+struct DashboardView {
+    aidants: Vec<(String, &'static str)>,
+    expiring: Vec<ExpiringView>,
+    uses: Vec<UseView>,
+}
+
+/// The référent's dashboard (None for a plain aidant): the organisation's
+/// aidants, active domains expiring within 30 days, recent uses (journal).
+async fn referent_dashboard(
+    ctx: &Ctx,
+    step: &AidantStep,
+    org_id: &str,
+    mandates: &[MandateView],
+    now: i64,
+) -> Result<Option<DashboardView>, AppError> {
+    let store = &ctx.app.store;
+    let aidants = store.org_aidants(org_id).await?;
+    let referent = aidants.iter().any(|(id, _, role)| {
+        *id == step.aidant_id && matches!(role, crate::mandates::Role::Referent)
+    });
+    if !referent {
+        return Ok(None);
+    }
+    let mut expiring = Vec::new();
+    for m in store.list_mandates(org_id).await? {
+        let usager = mandates
+            .iter()
+            .find(|v| v.id == m.id)
+            .map(|v| v.usager.clone())
+            .unwrap_or_default();
+        for a in &m.authorisations {
+            if a.is_active(now) && a.expires_at - now <= EXPIRING_WITHIN_SECS {
+                expiring.push(ExpiringView {
+                    mandate_id: m.id.clone(),
+                    usager: usager.clone(),
+                    domain: a.domain.clone(),
+                    expires: super::aidant::date(a.expires_at),
+                });
+            }
+        }
+    }
+    let uses = store
+        .mandate_uses(org_id, RECENT_USES)
+        .await?
+        .into_iter()
+        .map(|(at, mandate_id, client, domain)| UseView {
+            at: crate::mandates::cli::utc(at),
+            mandate_id,
+            client: ctx
+                .client(&client)
+                .map(|c| c.cfg.name.clone())
+                .unwrap_or(client),
+            domain,
+        })
+        .collect();
+    Ok(Some(DashboardView {
+        aidants: aidants
+            .into_iter()
+            .map(|(_, email, role)| (email, role.as_str()))
+            .collect(),
+        expiring,
+        uses,
+    }))
 }
 
 /// POST `/aidant/login`: e-mail, password and code; or only the code when
@@ -348,6 +439,7 @@ pub async fn draft_submit(
             domains,
             duration_days,
         }),
+        usager_consultation: false,
     };
     let id = random_token(24);
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
@@ -537,6 +629,7 @@ struct MandateView {
     revocable: bool,
     revoked: bool,
     revoke_action: String,
+    renew_url: Option<String>,
     attestation_url: String,
     revocation_url: String,
 }
@@ -726,4 +819,200 @@ pub async fn attestation(
             home_url => home_url(&ctx),
         },
     )
+}
+
+/// How long after its end (expiry or revocation) a mandate may be renewed.
+pub const RENEWABLE_WITHIN_SECS: i64 = 365 * 86_400;
+
+/// A mandate may be renewed when none of its domains is active any more
+/// and its last domain ended (expired or was revoked) less than a year ago.
+pub fn renewable(m: &Mandate, now: i64) -> bool {
+    let ended = m
+        .authorisations
+        .iter()
+        .map(|a| a.revoked_at.unwrap_or(a.expires_at).min(a.expires_at))
+        .max();
+    !m.authorisations.is_empty()
+        && m.authorisations.iter().all(|a| !a.is_active(now))
+        && ended.is_some_and(|e| e <= now && now - e < RENEWABLE_WITHIN_SECS)
+}
+
+/// The offered duration closest to the mandate's original one.
+fn original_duration(m: &Mandate) -> i64 {
+    let days = m
+        .authorisations
+        .first()
+        .map(|a| (a.expires_at - a.starts_at) / 86_400)
+        .unwrap_or(1);
+    DURATIONS
+        .iter()
+        .map(|(d, _)| *d)
+        .min_by_key(|d| (d - days).abs())
+        .unwrap_or(1)
+}
+
+/// The aidant's fresh session and the renewable mandate of their current
+/// organisation; None when the sign-in must be (re)done first.
+async fn renewal_target(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    lang: Lang,
+    mid: &str,
+) -> Result<Option<(String, AidantStep, Mandate, Organisation)>, AppError> {
+    let Some((sid, step)) = aidant_session(ctx, cookies).await? else {
+        return Ok(None);
+    };
+    if !fresh(ctx, &step) {
+        return Ok(None);
+    }
+    let store = &ctx.app.store;
+    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    let m = store
+        .mandate(mid)
+        .await?
+        .filter(|m| m.org_id == step.org_id && renewable(m, ctx.now()))
+        .ok_or_else(not_found)?;
+    let org = store
+        .organisation(&m.org_id)
+        .await?
+        .filter(|o| o.active)
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+    Ok(Some((sid, step, m, org)))
+}
+
+async fn renewal_recap(
+    ctx: &Ctx,
+    sid: &str,
+    m: &Mandate,
+    org: &Organisation,
+    lang: Lang,
+    error: bool,
+) -> Result<Response, AppError> {
+    let now = ctx.now();
+    let domains: Vec<String> = m.authorisations.iter().map(|a| a.domain.clone()).collect();
+    let mut resp = ctx.page(
+        lang,
+        "aidant_recap.html",
+        minijinja::context! {
+            renew => true,
+            action => ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id)),
+            csrf => csrf_for(sid),
+            usager => usager_name(ctx, &m.usager_id).await?,
+            birthdate => "",
+            organisation => org.name,
+            siret => org.siret,
+            domains => domains,
+            starts => super::aidant::date(now),
+            ends => end_date(now, original_duration(m)),
+            consent_version => CONSENT_VERSION,
+            consent_text => CONSENT_TEXT,
+            error => error,
+            back_url => home_url(ctx),
+        },
+    )?;
+    if error {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(resp)
+}
+
+/// GET `/aidant/mandats/{mid}/renouveler`: the recap of the renewal (same
+/// usager, organisation and domains; the original duration).
+pub async fn renew_page(
+    State(ctx): State<Ctx>,
+    Path(mid): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let Some((sid, _, m, org)) = renewal_target(&ctx, &cookies, lang, &mid).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    renewal_recap(&ctx, &sid, &m, &org, lang, false).await
+}
+
+/// POST `/aidant/mandats/{mid}/renouveler`: the aidant confirms with a TOTP
+/// code that the usager was informed and agreed; a new mandate is created
+/// and the renewal journalled (`mandate.renewed`).
+pub async fn renew_submit(
+    State(ctx): State<Ctx>,
+    Path(mid): Path<String>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let Some((sid, step, m, org)) = renewal_target(&ctx, &cookies, lang, &mid).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let given = form.get("csrf").unwrap_or("");
+    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    if form.get("informed") != Some("yes") {
+        return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
+    }
+    let store = &ctx.app.store;
+    let now = ctx.now();
+    match store
+        .verify_totp(
+            &step.aidant_id,
+            form.get("totp").unwrap_or("").trim(),
+            "mandate_renewal",
+            now,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(crate::mandates::LoginError::Refused) => {
+            return renewal_recap(&ctx, &sid, &m, &org, lang, true).await
+        }
+        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+    }
+    let refused = |e: crate::mandates::MandateError| {
+        tracing::warn!(event = "mandate_renewal_refused", error = ?e, "mandate renewal refused");
+        ctx.page_error(
+            lang,
+            StatusCode::FORBIDDEN,
+            "mandate_refused",
+            Some(home_url(&ctx)),
+        )
+    };
+    let domains: Vec<&str> = m.authorisations.iter().map(|a| a.domain.as_str()).collect();
+    let renewed = store
+        .create_mandate(
+            &NewMandate {
+                org_id: &m.org_id,
+                usager_id: &m.usager_id,
+                aidant_id: &step.aidant_id,
+                domains: &domains,
+                duration_days: original_duration(&m),
+                consent_version: CONSENT_VERSION,
+                consent_hash: &sha256_hex(CONSENT_TEXT.as_bytes()),
+            },
+            now,
+        )
+        .await
+        .map_err(refused)?;
+    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone()).name();
+    store
+        .journal_append(
+            crate::mandates::journal::Event {
+                kind: "mandate.renewed",
+                actor: &actor,
+                org_id: Some(&m.org_id),
+                data: json!({"mandate_id": m.id, "renewed_as": renewed.id}),
+                personal: vec![],
+            }
+            .prepare(None, now),
+        )
+        .await?;
+    tracing::info!(event = "mandate_renewed", federation = %ctx.fed.id, "mandate renewed");
+    Ok(redirect(&ctx.fed.url(&format!(
+        "/aidant/mandats/{}/attestation",
+        renewed.id
+    ))))
 }

@@ -7,6 +7,7 @@ pub mod claims;
 pub mod logout;
 pub mod mandate_new;
 pub mod token;
+pub mod usager;
 
 use crate::crypto::sha256_b64;
 use crate::error::AppError;
@@ -66,12 +67,21 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
             post(mandate_new::revoke_submit),
         )
         .route(
+            "/aidant/mandats/{mid}/renouveler",
+            get(mandate_new::renew_page).post(mandate_new::renew_submit),
+        )
+        .route(
             "/aidant/mandats/{mid}/revocation",
             get(mandate_new::revocation),
         )
         .route(
             "/interaction/{id}/mandat",
             get(mandate_new::recap_page).post(mandate_new::recap_submit),
+        )
+        .route("/usager", get(usager::start))
+        .route(
+            "/interaction/{id}/usager",
+            get(usager::page).post(usager::revoke),
         )
         .route("/callback", get(authorize::callback))
         .route("/token", post(token::token))

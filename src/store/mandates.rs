@@ -226,6 +226,26 @@ impl Store {
             .collect())
     }
 
+    /// Uses of mandates at services (`mandate_used` entries) of an
+    /// organisation, newest first: (time, mandate id, client, domain).
+    pub async fn mandate_uses(
+        &self,
+        org_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String)>> {
+        let rows: Vec<(i64, String)> = on!(self, p => sqlx::query_as(
+                "SELECT at, data FROM journal WHERE kind = 'mandate_used' AND org_id = $1 ORDER BY seq DESC LIMIT $2")
+                .bind(org_id).bind(limit).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(at, data)| {
+                let v: serde_json::Value = serde_json::from_str(&data).ok()?;
+                let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                Some((at, s("mandate_id"), s("client"), s("domain")))
+            })
+            .collect())
+    }
+
     /// Every signed head.
     pub async fn journal_heads(&self) -> Result<Vec<Head>> {
         let rows: Vec<(i64, String, String, String, i64)> = on!(self, p => sqlx::query_as(
@@ -1074,6 +1094,14 @@ impl Store {
     }
 
     /// An usager's identity key and stored claims (JSON text, if any).
+    /// The usager id for a pivot identity key, if that person is known.
+    pub async fn usager_by_identity_key(&self, identity_key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = on!(self, p => sqlx::query_as(
+            "SELECT id FROM usagers WHERE identity_key = $1")
+            .bind(identity_key).fetch_optional(p).await)?;
+        Ok(row.map(|(id,)| id))
+    }
+
     pub async fn usager(&self, usager_id: &str) -> Result<Option<(String, Option<String>)>> {
         let row: Option<(String, Option<String>)> = on!(self, p => sqlx::query_as(
             "SELECT identity_key, claims FROM usagers WHERE id = $1")

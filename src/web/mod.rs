@@ -51,6 +51,10 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             "aidant_revocation.html",
             include_str!("templates/aidant_revocation.html"),
         ),
+        (
+            "usager_mandates.html",
+            include_str!("templates/usager_mandates.html"),
+        ),
     ] {
         // Templates are compiled into the binary and covered by tests; a broken
         // one is reported at render time rather than aborting the process.

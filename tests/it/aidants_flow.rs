@@ -1069,3 +1069,379 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         env.cleanup().await;
     }
 }
+
+/// The usager signs in themselves at `/usager` and returns to a page
+/// listing the mandates about them (no broker session, no service).
+async fn usager_page(env: &Env, browser: &Browser, login: &str) -> (String, String) {
+    let stop = format!("{}/callback", env.stack.urls.service);
+    let broker = env.broker().to_string();
+    let (choice_url, status, html) = browser.go(&format!("{broker}/usager"), &stop).await.page();
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("name=\"provider\""), "{html}");
+    assert!(!html.contains("aidant-entry"), "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("provider".into(), "impots".into()));
+    let (url, status, html) = browser
+        .post(&absolute(&choice_url, &action), &fields, &stop)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("login".into(), login.into()));
+    fields.push(("password".into(), "123".into()));
+    fields.push(("action".into(), "login".into()));
+    let (url, status, html) = browser
+        .post(&absolute(&url, &action), &fields, &stop)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    assert!(url.ends_with("/usager"), "{url}");
+    (url, html)
+}
+
+/// Flow 4: the usager revokes alone. Angela sees her mandate (organisation,
+/// domains, last use) and revokes one domain: a delegated access token for
+/// that domain stops working at userinfo. Another person sees nothing and
+/// cannot revoke her mandate.
+#[tokio::test]
+async fn usager_sees_and_revokes_own_mandate() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let rp = Rp::demo(&env).await;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let aidant_browser = Browser::new();
+        let papiers = demo_delegated(&env, &rp, &aidant_browser, &format!("{mid}:papiers")).await;
+        let social = demo_delegated(&env, &rp, &aidant_browser, &format!("{mid}:social")).await;
+        assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 200);
+
+        // Angela, on her own browser.
+        let browser = Browser::new();
+        let (url, html) = usager_page(&env, &browser, DEMO_USAGER_LOGIN).await;
+        assert!(html.contains(&format!("mandate-{mid}")), "{html}");
+        assert!(html.contains(DEMO_ORG_NAME), "{html}");
+        assert!(
+            html.contains("papiers") && html.contains("social"),
+            "{html}"
+        );
+        assert!(html.contains("Dernières utilisations"), "{html}");
+        let (action, hidden) = form(&html);
+        let csrf = hidden.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+        let target = absolute(&url, &action);
+
+        // Wrong CSRF token: refused, nothing revoked.
+        let bad = vec![
+            ("csrf".to_string(), "nope".to_string()),
+            ("mandate".to_string(), mid.clone()),
+            ("domain".to_string(), "papiers".to_string()),
+        ];
+        let (_, status, _) = browser.post(&target, &bad, &stop).await.page();
+        assert_eq!(status, 403);
+        let now = env.stack.state.now();
+        assert!(store
+            .active_authorisation(&mid, "papiers", now)
+            .await
+            .unwrap());
+
+        // One domain.
+        let fields = vec![
+            ("csrf".to_string(), csrf.clone()),
+            ("mandate".to_string(), mid.clone()),
+            ("domain".to_string(), "papiers".to_string()),
+        ];
+        let (back, status, html) = browser.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(back.ends_with("/usager"), "{back}");
+        assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 401);
+        assert_eq!(rp.userinfo(&social.access_token).await.status(), 200);
+        let m = store.mandate(&mid).await.unwrap().unwrap();
+        let revoked = m
+            .authorisations
+            .iter()
+            .find(|a| a.domain == "papiers")
+            .unwrap();
+        assert!(revoked
+            .revoked_by
+            .as_deref()
+            .unwrap()
+            .starts_with("usager:"));
+
+        // No broker session was opened for her: a service asks again.
+        let auth = rp.authorize(SCOPES, &[]);
+        let (_, status, html) = browser.go(&auth.url, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("name=\"provider\""), "{html}");
+
+        // Eric, without any mandate, sees nothing.
+        let other = Browser::new();
+        let (_, html) = usager_page(&env, &other, "eric").await;
+        assert!(html.contains("no-mandate"), "{html}");
+        assert!(!html.contains(&mid), "{html}");
+        // With a mandate of his own, he still cannot revoke Angela's.
+        let eric = relais::demo::idp::demo_people(1)
+            .into_iter()
+            .find(|p| p.login == "eric")
+            .unwrap();
+        let identity = PivotIdentity::from_claims(&eric.claims).unwrap();
+        let now = env.stack.state.now();
+        let eric_id = store
+            .upsert_usager(&identity.identity_key(), &salt(), now)
+            .await
+            .unwrap();
+        let eric_mandate = store
+            .create_mandate(
+                &NewMandate {
+                    org_id: &demo.org_id,
+                    usager_id: &eric_id,
+                    aidant_id: &demo.aidant_id,
+                    domains: &["famille"],
+                    duration_days: 30,
+                    consent_version: "v1",
+                    consent_hash: "h",
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let other = Browser::new();
+        let (url, html) = usager_page(&env, &other, "eric").await;
+        assert!(
+            html.contains(&format!("mandate-{}", eric_mandate.id)),
+            "{html}"
+        );
+        assert!(!html.contains(&mid), "{html}");
+        let (action, hidden) = form(&html);
+        let mut fields = hidden.clone();
+        fields.retain(|(k, _)| k == "csrf");
+        fields.push(("mandate".into(), mid.clone()));
+        fields.push(("domain".into(), "social".into()));
+        let (_, status, _) = other
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 404);
+        let now = env.stack.state.now();
+        assert!(store
+            .active_authorisation(&mid, "social", now)
+            .await
+            .unwrap());
+
+        // Angela revokes the whole mandate.
+        let fields = vec![
+            ("csrf".to_string(), csrf.clone()),
+            ("mandate".to_string(), mid.clone()),
+        ];
+        let (_, status, html) = browser.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert_eq!(rp.userinfo(&social.access_token).await.status(), 401);
+        let kinds: Vec<String> = store
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"usager.consulted".to_string()));
+        env.cleanup().await;
+    }
+}
+
+/// Sign in at `/aidant` with e-mail, password and code; returns the page.
+async fn aidant_home(
+    env: &Env,
+    browser: &Browser,
+    email: &str,
+    password: &str,
+    secret: &str,
+) -> String {
+    let stop = format!("{}/callback", env.stack.urls.service);
+    let broker = env.broker().to_string();
+    let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+    assert_eq!(status, 200, "{html}");
+    let (action, mut fields) = form(&html);
+    fields.push(("email".into(), email.into()));
+    fields.push(("password".into(), password.into()));
+    fields.push(("totp".into(), fresh_code(env, secret)));
+    let (_, status, html) = browser
+        .post(&absolute(&url, &action), &fields, &stop)
+        .await
+        .page();
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("mandate-draft"), "{html}");
+    html
+}
+
+/// Flow 6: a référent of the organisation sees its aidants, the mandates
+/// expiring within 30 days and the recent uses; a plain aidant does not.
+#[tokio::test]
+async fn referent_dashboard_shown_only_to_referents() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let now = env.stack.state.now();
+        let referent = store
+            .create_aidant(
+                &NewAidant {
+                    email: "referente@demo.test",
+                    name: "Rita Référente",
+                    password: PASSWORD,
+                    org_id: &demo.org_id,
+                    role: Role::Referent,
+                },
+                &Actor::Admin,
+                &salt(),
+                now,
+            )
+            .await
+            .unwrap();
+        // One use of the mandate at the demo service.
+        let rp = Rp::demo(&env).await;
+        let aidant_browser = Browser::new();
+        demo_delegated(&env, &rp, &aidant_browser, &format!("{mid}:papiers")).await;
+
+        // The plain aidant: no dashboard.
+        let html = aidant_home(
+            &env,
+            &Browser::new(),
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        assert!(!html.contains("referent-dashboard"), "{html}");
+
+        // The référent.
+        let referent_browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &referent_browser,
+            "referente@demo.test",
+            PASSWORD,
+            &referent.totp_secret,
+        )
+        .await;
+        assert!(html.contains("referent-dashboard"), "{html}");
+        assert!(
+            html.contains(DEMO_AIDANT_EMAIL) && html.contains("referente@demo.test"),
+            "{html}"
+        );
+        // The demo mandate (12 months) is not expiring soon; the use is listed.
+        assert!(!html.contains(&format!("expiring-{mid}-papiers")), "{html}");
+        assert!(html.contains(&format!("use-{mid}")), "{html}");
+        // Once it ends within 30 days, it is listed as expiring.
+        let soon = env.stack.state.now() + 10 * 86_400;
+        expire_soon(store, &mid, soon).await;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let (_, status, html) = referent_browser
+            .go(&format!("{}/aidant", env.broker()), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(&format!("expiring-{mid}-papiers")), "{html}");
+        assert!(html.contains(&format!("use-{mid}")), "{html}");
+        env.cleanup().await;
+    }
+}
+
+/// Flow 5: a revoked mandate (less than a year ago) is renewed from the
+/// aidant's page with the same confirmation (informed usager + TOTP code):
+/// a new mandate for the same usager, organisation and domains, usable at
+/// once; an active mandate cannot be "renewed".
+#[tokio::test]
+async fn revoked_mandate_renewed_with_totp_confirmation() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &browser,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        assert!(!html.contains(&format!("renew-{mid}")), "{html}");
+        let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
+        let (_, status, _) = browser.go(&renew, &stop).await.page();
+        assert_eq!(status, 404, "an active mandate is not renewable");
+
+        let now = env.stack.state.now();
+        store
+            .revoke_mandate(&mid, &Actor::Admin, now)
+            .await
+            .unwrap();
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(&format!("renew-{mid}")), "{html}");
+
+        let (url, status, html) = browser.go(&renew, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-recap"), "{html}");
+        let (action, hidden) = form(&html);
+        let target = absolute(&url, &action);
+        // Not confirmed; then a wrong code: nothing created.
+        let mut fields = hidden.clone();
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, _) = browser.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 401);
+        let mut fields = hidden.clone();
+        fields.push(("informed".into(), "yes".into()));
+        fields.push(("totp".into(), "000000".into()));
+        let (_, status, _) = browser.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 401);
+        assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
+
+        let mut fields = hidden.clone();
+        fields.push(("informed".into(), "yes".into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (att_url, status, html) = browser.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(att_url.ends_with("/attestation"), "{att_url}");
+        let new_id = att_url.rsplit('/').nth(1).unwrap().to_string();
+        assert_ne!(new_id, mid);
+        let old = store.mandate(&mid).await.unwrap().unwrap();
+        let new = store.mandate(&new_id).await.unwrap().unwrap();
+        assert_eq!(new.usager_id, old.usager_id);
+        assert_eq!(new.org_id, old.org_id);
+        let domains = |m: &relais::mandates::Mandate| {
+            let mut d: Vec<String> = m.authorisations.iter().map(|a| a.domain.clone()).collect();
+            d.sort();
+            d
+        };
+        assert_eq!(domains(&new), domains(&old));
+        let now = env.stack.state.now();
+        assert!(store
+            .active_authorisation(&new_id, "papiers", now)
+            .await
+            .unwrap());
+        assert!(!store
+            .active_authorisation(&mid, "papiers", now)
+            .await
+            .unwrap());
+        let kinds: Vec<String> = store
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"mandate.renewed".to_string()));
+        // The renewed mandate is usable in a delegated sign-in.
+        let rp = Rp::demo(&env).await;
+        let tokens = demo_delegated(&env, &rp, &browser, &format!("{new_id}:papiers")).await;
+        assert_eq!(rp.userinfo(&tokens.access_token).await.status(), 200);
+        env.cleanup().await;
+    }
+}
