@@ -43,6 +43,30 @@ pub struct AuthRequest {
     pub claims: ClaimsRequest,
 }
 
+impl AuthRequest {
+    /// A sign-in for Relais' own pages (no service): the person signs in anew
+    /// at their provider (`prompt=login`, the screen may be shared) and comes
+    /// back to `return_to`.
+    pub fn own_sign_in(return_to: String, lang: Lang) -> AuthRequest {
+        AuthRequest {
+            client_id: String::new(),
+            redirect_uri: return_to,
+            state: None,
+            nonce: None,
+            scopes: vec![],
+            code_challenge: None,
+            acr_min: None,
+            prompt: vec!["login".into()],
+            max_age: None,
+            login_hint: None,
+            idp_hint: None,
+            siret_hint: None,
+            lang,
+            claims: ClaimsRequest::default(),
+        }
+    }
+}
+
 /// A sign-in in progress, bound to the browser session that started it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Interaction {

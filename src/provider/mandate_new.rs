@@ -10,7 +10,6 @@
 
 use super::aidant::{AidantStep, AIDANT_FRESH_SECS};
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
-use super::claims::ClaimsRequest;
 use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params, SessionData};
 use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
@@ -405,23 +404,7 @@ pub async fn draft_submit(
         return Err(bad());
     }
     let fed = &ctx.fed;
-    let req = AuthRequest {
-        client_id: String::new(),
-        redirect_uri: home_url(&ctx),
-        state: None,
-        nonce: None,
-        scopes: vec![],
-        code_challenge: None,
-        acr_min: None,
-        // The usager signs in anew at their provider, on a shared screen.
-        prompt: vec!["login".into()],
-        max_age: None,
-        login_hint: None,
-        idp_hint: None,
-        siret_hint: None,
-        lang,
-        claims: ClaimsRequest::default(),
-    };
+    let req = AuthRequest::own_sign_in(home_url(&ctx), lang);
     let inter = Interaction {
         req,
         session: sid,

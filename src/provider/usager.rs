@@ -7,7 +7,6 @@
 //! (`usager.consulted`).
 
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
-use super::claims::ClaimsRequest;
 use super::{lang_from, session_key, set_cookie, Cookies, Ctx, Params};
 use crate::config::Profile;
 use crate::crypto::random_token;
@@ -46,22 +45,7 @@ pub async fn start(
             (session_key(&value), Some(value))
         }
     };
-    let req = AuthRequest {
-        client_id: String::new(),
-        redirect_uri: fed.url("/usager"),
-        state: None,
-        nonce: None,
-        scopes: vec![],
-        code_challenge: None,
-        acr_min: None,
-        prompt: vec!["login".into()],
-        max_age: None,
-        login_hint: None,
-        idp_hint: None,
-        siret_hint: None,
-        lang,
-        claims: ClaimsRequest::default(),
-    };
+    let req = AuthRequest::own_sign_in(fed.url("/usager"), lang);
     let inter = Interaction {
         req,
         session,
