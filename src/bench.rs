@@ -4,8 +4,8 @@
 //! on 127.0.0.1 — or hammers one endpoint — and reports throughput, errors and
 //! latency percentiles, as text and JSON.
 
-use crate::crypto::{keys, Alg, KeyRing};
-use crate::demo::idp::{demo_people, DemoClient, DemoIdp, DemoIdpConfig};
+use crate::crypto::{Alg, KeyRing, keys};
+use crate::demo::idp::{DemoClient, DemoIdp, DemoIdpConfig, demo_people};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -122,6 +122,8 @@ pub struct Report {
     pub steps: BTreeMap<String, Percentiles>,
     pub relais_cpu_s: f64,
     pub relais_cpu_per_op_us: f64,
+    pub relais_context_switches_per_op: f64,
+    pub load_tool_cpu_per_op_us: f64,
     pub relais_peak_rss_mb: f64,
     pub relais_ready_ms: f64,
     pub first_error: Option<String>,
@@ -145,6 +147,23 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Context switches (voluntary + involuntary) of every thread of a process:
+/// a load-independent count of thread hand-offs.
+fn proc_context_switches(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 fn proc_peak_rss_mb(pid: u32) -> f64 {
@@ -210,7 +229,10 @@ id_token_signed_response_alg = "{alg}"
 fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(4)
+        // Keep every connection alive between requests, as browsers do
+        // (a cap below the concurrency made most requests open a new TCP
+        // connection, on both sides of the loopback).
+        .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| e.to_string())
@@ -614,12 +636,16 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
     }
     tokio::time::sleep(opts.warmup).await;
     let cpu0 = proc_cpu_seconds(pid);
+    let own_cpu0 = proc_cpu_seconds(std::process::id());
+    let cs0 = proc_context_switches(pid);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(opts.duration).await;
     measuring.store(false, Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
     let cpu = proc_cpu_seconds(pid) - cpu0;
+    let own_cpu = proc_cpu_seconds(std::process::id()) - own_cpu0;
+    let switches = proc_context_switches(pid).saturating_sub(cs0);
     stop.store(true, Ordering::Relaxed);
     let mut steps: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
     let mut whole = Vec::new();
@@ -654,6 +680,16 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
         relais_cpu_s: cpu,
         relais_cpu_per_op_us: if completed > 0 {
             cpu * 1e6 / completed as f64
+        } else {
+            0.0
+        },
+        relais_context_switches_per_op: if completed > 0 {
+            switches as f64 / completed as f64
+        } else {
+            0.0
+        },
+        load_tool_cpu_per_op_us: if completed > 0 {
+            own_cpu * 1e6 / completed as f64
         } else {
             0.0
         },
@@ -707,6 +743,10 @@ pub fn print(r: &Report) {
     println!(
         "  relais: {:.2} CPU s ({:.0} µs per operation), peak RSS {:.1} MB, ready in {:.0} ms (process start included)",
         r.relais_cpu_s, r.relais_cpu_per_op_us, r.relais_peak_rss_mb, r.relais_ready_ms
+    );
+    println!(
+        "  relais: {:.1} context switches per operation; load tool and upstream provider: {:.0} µs CPU per operation",
+        r.relais_context_switches_per_op, r.load_tool_cpu_per_op_us
     );
     if let Some(e) = &r.first_error {
         println!("  first error: {e}");

@@ -148,6 +148,9 @@ pub struct Stack {
     pub state: Arc<crate::AppState>,
     pub idps: Vec<DemoIdp>,
     pub config: Config,
+    /// The configuration file's text (before environment overrides), so
+    /// more nodes can be started as separate `relais serve` processes.
+    pub config_text: String,
     pub data_dir: std::path::PathBuf,
 }
 
@@ -326,6 +329,7 @@ impl Stack {
             state: running.state,
             idps,
             config,
+            config_text: text,
             data_dir: data_dir.to_path_buf(),
         })
     }

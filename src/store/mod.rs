@@ -18,6 +18,98 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    breaker: std::sync::Arc<Breaker>,
+}
+
+/// Fail fast while the database is unreachable. Without it, every request
+/// would wait for the pool's acquire timeout (seconds) before its 503. After a
+/// connection failure the breaker opens for [`Breaker::OPEN_FOR`]: requests
+/// get `Unavailable` at once. When that time is over, one request (the probe)
+/// goes through; its success closes the breaker, its failure opens it again.
+#[derive(Default)]
+pub struct Breaker {
+    /// Milliseconds since `epoch` until which the breaker is open; 0: closed.
+    open_until: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Breaker {
+    const OPEN_FOR: Duration = Duration::from_millis(500);
+
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        // +1: 0 means "closed".
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether this call must fail at once.
+    pub fn reject(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let until = self.open_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return true;
+        }
+        // Open time over: exactly one caller becomes the probe.
+        let again = now + Self::OPEN_FOR.as_millis() as u64;
+        self.open_until
+            .compare_exchange(until, again, Relaxed, Relaxed)
+            .is_err()
+    }
+
+    fn observe<T, E: Failure>(&self, r: &std::result::Result<T, E>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Ok(_) => {
+                if self.open_until.load(Relaxed) != 0 {
+                    self.open_until.store(0, Relaxed);
+                }
+            }
+            Err(e) if e.unreachable() => {
+                let until = self.now_ms() + Self::OPEN_FOR.as_millis() as u64;
+                self.open_until.store(until, Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Errors that mean "the database cannot be reached".
+trait Failure {
+    fn unreachable(&self) -> bool;
+}
+
+impl Failure for sqlx::Error {
+    fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+        ) || matches!(self, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")))
+    }
+}
+
+impl Failure for StoreError {
+    fn unreachable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// What a call rejected by the open breaker returns.
+struct BreakerOpen;
+
+impl From<BreakerOpen> for sqlx::Error {
+    fn from(_: BreakerOpen) -> Self {
+        sqlx::Error::PoolTimedOut
+    }
+}
+
+impl From<BreakerOpen> for StoreError {
+    fn from(_: BreakerOpen) -> Self {
+        StoreError::Unavailable("database unreachable a moment ago; not retried yet".into())
+    }
 }
 
 #[derive(Debug)]
@@ -109,12 +201,18 @@ pub struct TokenRow {
 }
 
 macro_rules! on {
-    ($self:expr, $p:ident => $body:expr) => {
-        match &$self.backend {
-            Backend::Sqlite($p) => $body,
-            Backend::Postgres($p) => $body,
+    ($self:expr, $p:ident => $body:expr) => {{
+        if $self.breaker.reject() {
+            Err($crate::store::BreakerOpen.into())
+        } else {
+            let r = match &$self.backend {
+                Backend::Sqlite($p) => $body,
+                Backend::Postgres($p) => $body,
+            };
+            $self.breaker.observe(&r);
+            r
         }
-    };
+    }};
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -163,6 +261,7 @@ impl Store {
                 .await?;
             Ok(Store {
                 backend: Backend::Postgres(pool),
+                breaker: Default::default(),
             })
         } else {
             let opts = SqliteConnectOptions::from_str(url)
@@ -171,13 +270,18 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
+            // An embedded file cannot go away under us: no liveness ping
+            // before every acquire (it was a round trip to the connection's
+            // thread for every statement).
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(opts)
                 .await?;
             Ok(Store {
                 backend: Backend::Sqlite(pool),
+                breaker: Default::default(),
             })
         }
     }
@@ -417,9 +521,8 @@ impl Store {
                 sqlx::query("INSERT INTO registry_people (identity_key, lookup_key, record) VALUES ($1, $2, $3) ON CONFLICT (identity_key) DO UPDATE SET lookup_key = excluded.lookup_key, record = excluded.record")
                     .bind(id).bind(lookup).bind(record).execute(&mut *tx).await?;
             }
-            tx.commit().await?;
-        });
-        Ok(())
+            tx.commit().await.map_err(StoreError::from)
+        })
     }
 
     /// The record for exactly this identity key.

@@ -7,6 +7,7 @@ mod agents;
 mod aidants_flow;
 mod browser;
 mod common;
+mod faults;
 mod federations;
 mod flows;
 mod keys_cli;
