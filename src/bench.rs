@@ -4,8 +4,8 @@
 //! on 127.0.0.1 — or hammers one endpoint — and reports throughput, errors and
 //! latency percentiles, as text and JSON.
 
-use crate::crypto::{Alg, KeyRing, keys};
-use crate::demo::idp::{DemoClient, DemoIdp, DemoIdpConfig, demo_people};
+use crate::crypto::{keys, Alg, KeyRing};
+use crate::demo::idp::{demo_people, DemoClient, DemoIdp, DemoIdpConfig};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
