@@ -383,6 +383,23 @@ impl Store {
         Ok(row.filter(|r| r.1 > now).map(|r| r.0))
     }
 
+    /// Like [`Store::take`], with the row's expiry (to put it back as it was).
+    pub async fn take_entry(
+        &self,
+        kind: Kind,
+        id: &str,
+        fed: &str,
+        now: i64,
+    ) -> Result<Option<(String, i64)>> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND federation = $2 RETURNING data, expires_at",
+            kind.table()
+        );
+        let row: Option<(String, i64)> =
+            on!(self, p => sqlx::query_as(&sql).bind(id).bind(fed).fetch_optional(p).await)?;
+        Ok(row.filter(|r| r.1 > now))
+    }
+
     pub async fn delete(&self, kind: Kind, id: &str, fed: &str) -> Result<()> {
         let sql = format!(
             "DELETE FROM {} WHERE id = $1 AND federation = $2",
