@@ -12,6 +12,50 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub federations: BTreeMap<String, FederationConfig>,
+    #[serde(default)]
+    pub aidants: AidantsConfig,
+}
+
+/// `[aidants]`: the aidants feature (see `docs/aidants.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AidantsConfig {
+    /// Days after the end of an usager's last mandate before
+    /// `relais aidants purge` removes their personal data (default 1825,
+    /// five years).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Seconds between two automatic signatures of the journal head by
+    /// `relais serve` (only when the journal grew); 0 turns it off.
+    #[serde(default = "default_journal_head_interval")]
+    pub journal_head_interval_secs: u64,
+    /// Procedure domains mandates may cover (organisations may restrict
+    /// them further; services' `delegation_domains` must be among them).
+    #[serde(default = "default_domains")]
+    pub domains: Vec<String>,
+}
+
+impl Default for AidantsConfig {
+    fn default() -> Self {
+        AidantsConfig {
+            retention_days: default_retention_days(),
+            journal_head_interval_secs: default_journal_head_interval(),
+            domains: default_domains(),
+        }
+    }
+}
+
+fn default_retention_days() -> u32 {
+    1825
+}
+fn default_journal_head_interval() -> u64 {
+    3600
+}
+fn default_domains() -> Vec<String> {
+    crate::mandates::DEFAULT_DOMAINS
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -441,6 +485,24 @@ impl Config {
         if self.federations.is_empty() {
             errs.push("at least one [federations.<id>] is required".into());
         }
+        let a = &self.aidants;
+        if !(1..=36_500).contains(&a.retention_days) {
+            errs.push("aidants.retention_days must be 1 to 36500".into());
+        }
+        if a.domains.is_empty() {
+            errs.push("aidants.domains: at least one domain".into());
+        }
+        let mut seen_domains = std::collections::HashSet::new();
+        for d in &a.domains {
+            if !crate::mandates::valid_domain_name(d) {
+                errs.push(format!(
+                    "aidants.domains: {d:?} is not a lowercase slug (1 to 32 of a-z, 0-9, - and _)"
+                ));
+            }
+            if !seen_domains.insert(d) {
+                errs.push(format!("aidants.domains: {d:?} twice"));
+            }
+        }
         let mut prefixes = Vec::new();
         for (id, f) in &self.federations {
             let at = |s: &str| format!("federations.{id}.{s}");
@@ -554,7 +616,7 @@ impl Config {
                     errs.push(format!("{}: at least one", at("redirect_uris")));
                 }
                 for d in &c.delegation_domains {
-                    if !crate::mandates::DEFAULT_DOMAINS.contains(&d.as_str()) {
+                    if !self.aidants.domains.contains(d) {
                         errs.push(format!(
                             "{}: {d:?} is not a known procedure domain",
                             at("delegation_domains")
@@ -758,6 +820,60 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert!(d.federations["citizen"].clients[0]
             .delegation_domains
             .is_empty());
+    }
+
+    #[test]
+    fn aidants_section_defaults_and_validation() {
+        let c = Config::from_toml_with_env(MIN, vec![]).unwrap();
+        assert_eq!(c.aidants.retention_days, 1825);
+        assert_eq!(c.aidants.journal_head_interval_secs, 3600);
+        assert_eq!(c.aidants.domains, crate::mandates::DEFAULT_DOMAINS);
+        let custom = format!(
+            "{MIN}delegation_domains = [\"impots\"]\n\
+             [aidants]\nretention_days = 30\njournal_head_interval_secs = 0\n\
+             domains = [\"impots\", \"social\"]\n"
+        );
+        let c = Config::from_toml_with_env(&custom, vec![]).unwrap();
+        assert_eq!(c.aidants.domains, ["impots", "social"]);
+        assert_eq!(c.aidants.journal_head_interval_secs, 0);
+        assert_eq!(c.aidants.retention_days, 30);
+        // A service may only accept configured domains.
+        let bad = custom.replace(
+            "domains = [\"impots\", \"social\"]",
+            "domains = [\"social\"]",
+        );
+        let e = Config::from_toml_with_env(&bad, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("delegation_domains") && e.contains("impots"),
+            "{e}"
+        );
+        for (list, why) in [
+            ("[]", "at least one"),
+            ("[\"social\", \"social\"]", "twice"),
+            ("[\"Social\"]", "lowercase slug"),
+            ("[\"aide sociale\"]", "lowercase slug"),
+        ] {
+            let text = format!("{MIN}[aidants]\ndomains = {list}\n");
+            let e = Config::from_toml_with_env(&text, vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("aidants.domains") && e.contains(why),
+                "{list}: {e}"
+            );
+        }
+        let text = format!("{MIN}[aidants]\nretention_days = 0\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention_days"), "{e}");
+        let text = format!("{MIN}[aidants]\nretention = 3\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

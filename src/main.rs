@@ -126,6 +126,9 @@ enum AidantsCmd {
         /// Référent of the organisation (manages its aidants and mandates).
         #[arg(long)]
         referent: bool,
+        /// Print a one-time enrolment link (QR code page, 72 h) instead of the secret.
+        #[arg(long)]
+        enrolment_link: bool,
     },
     /// Replace an aidant's TOTP secret (and unlock the account); prints the new secret once.
     ResetTotp {
@@ -133,6 +136,36 @@ enum AidantsCmd {
         config: PathBuf,
         #[arg(long)]
         email: String,
+        /// Print a one-time enrolment link (QR code page, 72 h) instead of the secret.
+        #[arg(long)]
+        enrolment_link: bool,
+    },
+    /// Deactivate an organisation: its mandates stop authorising, no new ones.
+    OrgDeactivate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        siret: String,
+    },
+    /// Activate a deactivated organisation again.
+    OrgActivate {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        siret: String,
+    },
+    /// Encrypt the TOTP secrets still stored unencrypted (older versions).
+    EncryptSecrets {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+    },
+    /// Remove the personal data of usagers whose mandates all ended more than N days ago.
+    Purge {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
+        /// Default: [aidants] retention_days of the configuration.
+        #[arg(long)]
+        retention_days: Option<u32>,
     },
     /// List an organisation's mandates and their domains.
     Mandates {
@@ -415,17 +448,34 @@ async fn run(cli: Cli) -> Result<(), String> {
                     name,
                     org,
                     referent,
+                    enrolment_link,
                 } => {
                     let c = load(&config)?;
                     let password = cli::read_password()?;
-                    cli::aidant_create(&c, &email, &name, &org, referent, &password).await?
+                    cli::aidant_create(&c, &email, &name, &org, referent, &password, enrolment_link)
+                        .await?
                 }
-                AidantsCmd::ResetTotp { config, email } => {
-                    cli::reset_totp(&load(&config)?, &email).await?
-                }
+                AidantsCmd::ResetTotp {
+                    config,
+                    email,
+                    enrolment_link,
+                } => cli::reset_totp(&load(&config)?, &email, enrolment_link).await?,
                 AidantsCmd::Mandates { config, org } => {
                     cli::mandates(&load(&config)?, &org).await?
                 }
+                AidantsCmd::OrgDeactivate { config, siret } => {
+                    cli::org_set_active(&load(&config)?, &siret, false).await?
+                }
+                AidantsCmd::OrgActivate { config, siret } => {
+                    cli::org_set_active(&load(&config)?, &siret, true).await?
+                }
+                AidantsCmd::EncryptSecrets { config } => {
+                    cli::encrypt_secrets(&load(&config)?).await?
+                }
+                AidantsCmd::Purge {
+                    config,
+                    retention_days,
+                } => cli::purge(&load(&config)?, retention_days).await?,
             };
             println!("{out}");
             Ok(())

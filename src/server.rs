@@ -46,6 +46,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let state = Arc::new(state::build(config, store).await?);
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     spawn_maintenance(state.clone(), config.server.purge_interval_secs);
+    crate::mandates::journal::spawn_head_signing(
+        state.clone(),
+        config.aidants.journal_head_interval_secs,
+    );
     let app = crate::app(state.clone());
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => Some(tls_config(c, k)?),
@@ -54,7 +58,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let task = tokio::spawn(async move {
         match tls {
             None => {
-                if let Err(e) = axum::serve(listener, app.into_make_service()).await {
+                // The client's address (ConnectInfo) is used by the aidant
+                // sign-in throttling.
+                if let Err(e) = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+                {
                     tracing::error!(error = %e, "server stopped");
                 }
             }
@@ -130,7 +141,10 @@ async fn serve_tls(listener: TcpListener, app: axum::Router, tls: Arc<rustls::Se
             }
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        // The same ConnectInfo as on plain HTTP (aidant sign-in throttling).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {

@@ -83,6 +83,8 @@ pub struct AppState {
     pub trust_forwarded: bool,
     /// The journal salt file (`{keys_dir}/journal-salt`), for the aidant pages.
     pub journal_salt_path: std::path::PathBuf,
+    /// The procedure domains mandates may cover (`[aidants] domains`).
+    pub aidant_domains: Vec<String>,
     clock_offset: AtomicI64,
 }
 
@@ -231,6 +233,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         secure_cookies: config.server.public_url.starts_with("https://"),
         trust_forwarded: config.server.trust_forwarded_headers,
         journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
+        aidant_domains: config.aidants.domains.clone(),
         clock_offset: AtomicI64::new(0),
     })
 }

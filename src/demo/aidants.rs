@@ -38,6 +38,7 @@ pub async fn seed(stack: &super::Stack) -> Result<DemoAidants, String> {
     let store = &stack.state.store;
     let now = stack.state.now();
     let salt = crate::mandates::cli::salt(&stack.config)?;
+    let key = crate::mandates::cli::totp_key(&stack.config)?;
     let err = |e: crate::mandates::MandateError| format!("demo aidants: {e:?}");
     let serr = |e: crate::store::StoreError| format!("demo aidants: {e}");
     let org = match store
@@ -69,12 +70,19 @@ pub async fn seed(stack: &super::Stack) -> Result<DemoAidants, String> {
                     },
                     &Actor::Admin,
                     &salt,
+                    &key,
                     now,
                 )
                 .await
                 .map_err(err)?;
             store
-                .set_totp_secret(DEMO_AIDANT_EMAIL, DEMO_AIDANT_TOTP, &Actor::Admin, now)
+                .set_totp_secret(
+                    DEMO_AIDANT_EMAIL,
+                    DEMO_AIDANT_TOTP,
+                    &Actor::Admin,
+                    &key,
+                    now,
+                )
                 .await
                 .map_err(err)?;
             a.id
@@ -120,6 +128,7 @@ pub async fn seed(stack: &super::Stack) -> Result<DemoAidants, String> {
                         consent_version: "demo",
                         consent_hash: &crate::mandates::journal::sha256_hex(b"demo mandate"),
                     },
+                    &stack.config.aidants.domains,
                     now,
                 )
                 .await

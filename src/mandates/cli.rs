@@ -3,7 +3,7 @@
 //! print, or an error message (the command then exits non-zero).
 
 use super::journal;
-use super::{Actor, NewAidant, Role, Salt, SALT_FILE};
+use super::{Actor, NewAidant, Role, Salt, TotpKey, SALT_FILE};
 use crate::config::Config;
 use crate::crypto::{Alg, KeySet};
 use crate::server::open_store;
@@ -22,6 +22,12 @@ pub fn now() -> i64 {
 /// first use.
 pub fn salt(config: &Config) -> Result<Salt, String> {
     Salt::load_or_create(&config.server.keys_dir.join(SALT_FILE))
+}
+
+/// The deployment's TOTP encryption key: `{keys_dir}/totp-key`, created on
+/// first use.
+pub fn totp_key(config: &Config) -> Result<TotpKey, String> {
+    TotpKey::in_keys_dir(&config.server.keys_dir)
 }
 
 /// `YYYY-MM-DD HH:MM UTC` for Unix seconds.
@@ -70,6 +76,12 @@ pub async fn org_create(
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(d) = domains.iter().find(|d| !config.aidants.domains.contains(d)) {
+        return Err(format!(
+            "domain {d:?} is not in the configured list ([aidants] domains: {})",
+            config.aidants.domains.join(", ")
+        ));
+    }
     let org = store
         .create_organisation(name, siret, &domains, &Actor::Admin, now())
         .await
@@ -79,7 +91,7 @@ pub async fn org_create(
         org.name,
         org.siret,
         org.id,
-        org.allowed_domains().join(", ")
+        org.allowed_domains(&config.aidants.domains).join(", ")
     ))
 }
 
@@ -97,10 +109,43 @@ pub async fn org_list(config: &Config) -> Result<String, String> {
             o.siret,
             if o.active { "active  " } else { "inactive" },
             o.name,
-            o.allowed_domains().join(",")
+            o.allowed_domains(&config.aidants.domains).join(",")
         );
     }
     Ok(out.trim_end().to_string())
+}
+
+/// The link of an enrolment token: `{issuer}/aidant/enrolment/{token}` of
+/// the federation `citizen`, else of the first citizen-profile federation.
+fn enrolment_link(config: &Config, token: &str) -> Result<String, String> {
+    let mut feds: Vec<_> = config
+        .federations
+        .iter()
+        .filter(|(_, f)| f.profile == crate::config::Profile::Citizen)
+        .collect();
+    feds.sort_by_key(|(id, _)| id.as_str() != "citizen");
+    let (_, fed) = feds
+        .first()
+        .ok_or("enrolment links need a citizen federation")?;
+    Ok(format!("{}/aidant/enrolment/{token}", fed.issuer))
+}
+
+/// Issue an enrolment link for `email` and describe it.
+async fn issue_link(
+    config: &Config,
+    store: &crate::store::Store,
+    key: &TotpKey,
+    email: &str,
+) -> Result<String, String> {
+    let e = store
+        .issue_enrolment(email, &Actor::Admin, key, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "enrolment link (one use, until {}; send it to the aidant only):\n{}",
+        utc(e.expires_at),
+        enrolment_link(config, &e.token)?
+    ))
 }
 
 pub async fn aidant_create(
@@ -110,9 +155,11 @@ pub async fn aidant_create(
     org_siret: &str,
     referent: bool,
     password: &str,
+    link: bool,
 ) -> Result<String, String> {
     let store = open_store(config).await?;
     let salt = salt(config)?;
+    let key = totp_key(config)?;
     let org = store
         .organisation_by_siret(org_siret)
         .await
@@ -133,10 +180,20 @@ pub async fn aidant_create(
             },
             &Actor::Admin,
             &salt,
+            &key,
             now(),
         )
         .await
         .map_err(|e| e.to_string())?;
+    if link {
+        return Ok(format!(
+            "aidant {} created in {} (id {})\n{}",
+            created.email,
+            org.name,
+            created.id,
+            issue_link(config, &store, &key, &created.email).await?
+        ));
+    }
     Ok(format!(
         "aidant {} created in {} (id {})\n\
          Enrol the TOTP secret in an authenticator app now; it is not shown again.\n\
@@ -150,10 +207,18 @@ pub async fn aidant_create(
     ))
 }
 
-pub async fn reset_totp(config: &Config, email: &str) -> Result<String, String> {
+pub async fn reset_totp(config: &Config, email: &str, link: bool) -> Result<String, String> {
     let store = open_store(config).await?;
+    let key = totp_key(config)?;
+    if link {
+        return Ok(format!(
+            "TOTP secret of {email} replaced (account unlocked); the old codes no longer work \
+             and the new secret works once confirmed at the link.\n{}",
+            issue_link(config, &store, &key, email).await?
+        ));
+    }
     let created = store
-        .reset_totp(email, &Actor::Admin, now())
+        .reset_totp(email, &Actor::Admin, &key, now())
         .await
         .map_err(|e| e.to_string())?;
     Ok(format!(
@@ -163,6 +228,74 @@ pub async fn reset_totp(config: &Config, email: &str) -> Result<String, String> 
         created.email,
         created.totp_secret,
         created.otpauth_uri()
+    ))
+}
+
+/// `relais aidants encrypt-secrets`: encrypt the TOTP secrets still stored
+/// as is.
+pub async fn encrypt_secrets(config: &Config) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let key = totp_key(config)?;
+    let n = store
+        .encrypt_totp_secrets(&key, &Actor::Admin, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{n} TOTP secret(s) encrypted with {}",
+        config
+            .server
+            .keys_dir
+            .join(super::secret::TOTP_KEY_FILE)
+            .display()
+    ))
+}
+
+/// `relais aidants org-deactivate` / `org-activate`.
+pub async fn org_set_active(config: &Config, siret: &str, active: bool) -> Result<String, String> {
+    let store = open_store(config).await?;
+    let org = store
+        .organisation_by_siret(siret)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no organisation with SIRET {siret}"))?;
+    let changed = store
+        .set_organisation_active(&org.id, active, &Actor::Admin, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = if active { "active" } else { "inactive" };
+    Ok(if changed {
+        if active {
+            format!(
+                "organisation {} (SIRET {}) is active again",
+                org.name, org.siret
+            )
+        } else {
+            format!(
+                "organisation {} (SIRET {}) deactivated: its mandates no longer authorise anything, \
+                 no mandate can be created for it",
+                org.name, org.siret
+            )
+        }
+    } else {
+        format!(
+            "organisation {} (SIRET {}) was already {state}",
+            org.name, org.siret
+        )
+    })
+}
+
+/// `relais aidants purge`: remove the personal data of usagers whose
+/// mandates all ended more than `retention_days` ago (default: the
+/// configuration's `[aidants] retention_days`).
+pub async fn purge(config: &Config, retention_days: Option<u32>) -> Result<String, String> {
+    let days = retention_days.unwrap_or(config.aidants.retention_days);
+    let store = open_store(config).await?;
+    let n = store
+        .purge_usagers(i64::from(days), &Actor::Admin, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{n} usager(s) whose mandates all ended more than {days} days ago: personal data removed"
     ))
 }
 

@@ -21,7 +21,9 @@
 //! the retention period therefore leaves the chain verifiable.
 
 use super::Salt;
-use crate::crypto::{KeySet, SigningKey, Unverified};
+use crate::config::Profile;
+use crate::crypto::{Alg, KeySet, SigningKey, Unverified};
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -473,6 +475,86 @@ pub async fn sign_head(store: &Store, key: &SigningKey, now: i64) -> Result<Head
     };
     store.journal_insert_head(&head).await?;
     Ok(head)
+}
+
+/// Sign the head when it is due: the chain grew since the latest signed
+/// head (or none was signed yet) and that head is at least `min_interval`
+/// seconds old. Returns the new head, or None when nothing was due. Several
+/// nodes running this at the same pace sign about once per interval
+/// between them (a race only adds a second head for the same entry, which
+/// verification accepts).
+pub async fn sign_head_if_due(
+    store: &Store,
+    key: &SigningKey,
+    now: i64,
+    min_interval: i64,
+) -> Result<Option<Head>, JournalError> {
+    let Some((seq, _)) = store.journal_last().await? else {
+        return Ok(None);
+    };
+    if let Some((head_seq, head_at)) = store.journal_last_head().await? {
+        if head_seq >= seq || now - head_at < min_interval {
+            return Ok(None);
+        }
+    }
+    sign_head(store, key, now).await.map(Some)
+}
+
+/// The key that signs heads periodically: the active ES256 key of the
+/// federation `citizen`, else of the first citizen-profile federation.
+pub fn head_signing_key(state: &AppState) -> Option<(String, Arc<SigningKey>)> {
+    let citizen = state
+        .federations
+        .iter()
+        .filter(|f| f.cfg.profile == Profile::Citizen);
+    let mut feds: Vec<_> = citizen.collect();
+    feds.sort_by_key(|f| f.id != "citizen");
+    feds.into_iter().find_map(|f| {
+        f.keys
+            .get()
+            .signer(Alg::ES256)
+            .map(|k| (f.id.clone(), k.clone()))
+    })
+}
+
+/// Started by `relais serve` when `[aidants] journal_head_interval_secs` is
+/// not 0: every interval, sign the journal head if the chain grew.
+pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {
+    if interval_secs == 0 {
+        return;
+    }
+    let min_interval = i64::try_from(interval_secs).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        // The first signature comes one interval after start, not at once.
+        let period = std::time::Duration::from_secs(interval_secs);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some((fed, key)) = head_signing_key(&state) else {
+                tracing::warn!(
+                    "journal head not signed: no citizen federation with an active ES256 key"
+                );
+                continue;
+            };
+            // A little slack so that a node's own previous head (signed one
+            // interval ago) never makes it skip a turn.
+            match sign_head_if_due(
+                &state.store,
+                &key,
+                state.now(),
+                min_interval - min_interval / 10,
+            )
+            .await
+            {
+                Ok(Some(h)) => {
+                    tracing::info!(federation = %fed, seq = h.seq, kid = %h.kid, "journal head signed")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "journal head signing failed"),
+            }
+        }
+    });
 }
 
 #[cfg(test)]

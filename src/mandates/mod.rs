@@ -3,23 +3,25 @@
 //!
 //! This module is the foundation of that feature: the data model and its
 //! storage (SQL in `crate::store`, as `impl Store` methods), TOTP for the
-//! aidants' second factor, the tamper-evident journal, and the admin command
-//! line. The web flows (aidant sign-in pages, mandate creation with the
-//! usager's own sign-in, delegated sign-in with `act`/`mandate` claims,
-//! revocation pages, référent dashboard) do not exist yet: see
-//! `docs/aidants.md`.
+//! aidants' second factor (secrets encrypted at rest, [`secret`]), the
+//! tamper-evident journal, and the admin command line. The web flows live
+//! in `crate::provider` (`aidant`, `mandate_new`, `usager`, `enrolment`).
+//! See `docs/aidants.md`.
 
 pub mod cli;
 pub mod journal;
+pub mod secret;
 pub mod totp;
+
+pub use secret::TotpKey;
 
 use crate::store::StoreError;
 use ring::hmac;
 use std::fmt;
 use std::path::Path;
 
-/// Procedure domains a mandate may cover when an organisation has no list
-/// of its own.
+/// Procedure domains a mandate may cover when the configuration
+/// (`[aidants] domains`) has no list of its own.
 pub const DEFAULT_DOMAINS: [&str; 10] = [
     "papiers",
     "famille",
@@ -32,6 +34,14 @@ pub const DEFAULT_DOMAINS: [&str; 10] = [
     "etranger",
     "loisirs",
 ];
+
+/// [`DEFAULT_DOMAINS`] as strings.
+pub fn default_domains() -> Vec<String> {
+    DEFAULT_DOMAINS.iter().map(|d| d.to_string()).collect()
+}
+
+/// How long a TOTP enrolment link stays valid, in seconds (72 hours).
+pub const ENROLMENT_TTL_SECS: i64 = 72 * 3600;
 
 /// Failed sign-in attempts before an aidant account is locked.
 pub const MAX_FAILED_ATTEMPTS: i64 = 5;
@@ -133,40 +143,45 @@ impl Salt {
     /// bytes) when missing. Every node of a deployment must share it, like
     /// the key folder it lives in.
     pub fn load_or_create(path: &Path) -> Result<Salt, String> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bytes = b64
-                    .decode(text.trim())
-                    .map_err(|_| format!("{}: not base64url", path.display()))?;
-                Salt::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = load_or_create_key_file(path)?;
+        Salt::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Read a secret key file (base64url text), creating it with 32 random
+/// bytes (mode 0600) when missing. Several processes starting at once agree
+/// on one content; a damaged file is an error, never silently replaced.
+pub(crate) fn load_or_create_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    match std::fs::read_to_string(path) {
+        Ok(text) => b64
+            .decode(text.trim())
+            .map_err(|_| format!("{}: not base64url", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| "system random generator unavailable".to_string())?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; 32];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                    .map_err(|_| "system random generator unavailable".to_string())?;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            // Written to a private temporary file, then linked into place:
+            // the link fails if another process won the race, and nobody
+            // ever reads a half-written file.
+            let tmp = path.with_extension(format!("tmp-{}", crate::crypto::random_token(6)));
+            let written = write_private(&tmp, b64.encode(bytes).as_bytes())
+                .and_then(|()| std::fs::hard_link(&tmp, path));
+            let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => Ok(bytes.to_vec()),
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_key_file(path)
                 }
-                // Written to a private temporary file, then linked into
-                // place: the link fails if another process won the race, and
-                // nobody ever reads a half-written salt.
-                let tmp = path.with_extension(format!("tmp-{}", crate::crypto::random_token(6)));
-                let written = write_private(&tmp, b64.encode(bytes).as_bytes())
-                    .and_then(|()| std::fs::hard_link(&tmp, path));
-                let _ = std::fs::remove_file(&tmp);
-                match written {
-                    Ok(()) => Salt::new(&bytes),
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        Salt::load_or_create(path)
-                    }
-                    Err(e) => Err(format!("{}: {e}", path.display())),
-                }
+                Err(e) => Err(format!("{}: {e}", path.display())),
             }
-            Err(e) => Err(format!("{}: {e}", path.display())),
         }
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -192,18 +207,24 @@ pub struct Organisation {
     pub name: String,
     pub siret: String,
     pub active: bool,
-    /// Domains its mandates may cover; empty: [`DEFAULT_DOMAINS`].
+    /// Domains its mandates may cover; empty: the deployment's list.
     pub domains: Vec<String>,
     pub created_at: i64,
 }
 
 impl Organisation {
-    /// The domains its mandates may cover.
-    pub fn allowed_domains(&self) -> Vec<String> {
+    /// The domains its mandates may cover, given the deployment's list
+    /// (`[aidants] domains`): its own list within it, or the whole list when
+    /// it has none.
+    pub fn allowed_domains(&self, deployment: &[String]) -> Vec<String> {
         if self.domains.is_empty() {
-            DEFAULT_DOMAINS.iter().map(|d| d.to_string()).collect()
+            deployment.to_vec()
         } else {
-            self.domains.clone()
+            self.domains
+                .iter()
+                .filter(|d| deployment.contains(d))
+                .cloned()
+                .collect()
         }
     }
 }
@@ -243,6 +264,32 @@ pub struct AidantCreated {
 }
 
 impl AidantCreated {
+    pub fn otpauth_uri(&self) -> String {
+        totp::otpauth_uri(&self.email, &self.totp_secret)
+    }
+}
+
+/// A one-time TOTP enrolment link issued for an aidant: the token is shown
+/// once (only its hash is stored).
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub aidant_id: String,
+    pub email: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// A pending enrolment, as its page shows it.
+#[derive(Debug, Clone)]
+pub struct PendingEnrolment {
+    pub aidant_id: String,
+    pub email: String,
+    /// The base32 secret to enrol.
+    pub totp_secret: String,
+    pub expires_at: i64,
+}
+
+impl PendingEnrolment {
     pub fn otpauth_uri(&self) -> String {
         totp::otpauth_uri(&self.email, &self.totp_secret)
     }

@@ -8,7 +8,7 @@
 //! mandate, stores the usager's pivot claims and shows a printable
 //! attestation.
 
-use super::aidant::{AidantStep, AIDANT_FRESH_SECS};
+use super::aidant::{AidantStep, SignInGuard, AIDANT_FRESH_SECS};
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
 use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params, SessionData};
 use crate::config::Profile;
@@ -112,12 +112,22 @@ fn home_url(ctx: &Ctx) -> String {
     ctx.fed.url("/aidant")
 }
 
-fn sign_in_form(ctx: &Ctx, lang: Lang, totp_only: bool, error: bool) -> Result<Response, AppError> {
+/// The sign-in form (or only the TOTP code when `totp_only`); `sid` is the
+/// browser's session id, to which the form's CSRF token is bound.
+fn sign_in_form(
+    ctx: &Ctx,
+    lang: Lang,
+    sid: &str,
+    totp_only: bool,
+    error: bool,
+) -> Result<Response, AppError> {
     let mut resp = ctx.page(
         lang,
         "aidant_signin.html",
         minijinja::context! {
             action => ctx.fed.url("/aidant/login"),
+            csrf => csrf_for(sid),
+            logout_action => ctx.fed.url("/aidant/logout"),
             totp_only => totp_only,
             error => error,
         },
@@ -143,10 +153,27 @@ pub async fn home(
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
     let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
-        return sign_in_form(&ctx, lang, false, false);
+        // Login CSRF: the form's token is bound to the browser's cookie. A
+        // browser without one gets a new cookie now (no row is written, as
+        // at `/authorize`).
+        let (sid, new_cookie) = match cookies.session_id(&ctx.fed) {
+            Some(sid) => (sid, None),
+            None => {
+                let value = random_token(32);
+                (session_key(&value), Some(value))
+            }
+        };
+        let mut resp = sign_in_form(&ctx, lang, &sid, false, false)?;
+        if let Some(value) = new_cookie {
+            resp.headers_mut().insert(
+                axum::http::header::SET_COOKIE,
+                set_cookie(&ctx, &value, ctx.fed.cfg.session_ttl_secs),
+            );
+        }
+        return Ok(resp);
     };
     if !fresh(&ctx, &step) {
-        return sign_in_form(&ctx, lang, true, false);
+        return sign_in_form(&ctx, lang, &sid, true, false);
     }
     let org = ctx
         .app
@@ -178,19 +205,173 @@ pub async fn home(
         .map(|(days, label)| DurationView { days: *days, label })
         .collect();
     let dashboard = referent_dashboard(&ctx, &step, &org.id, &mandates, now).await?;
+    let organisations = memberships(&ctx, &step).await?;
     ctx.page(
         lang,
         "aidant_home.html",
         minijinja::context! {
+            organisations => organisations,
+            switch_action => ctx.fed.url("/aidant/organisation"),
+            logout_action => ctx.fed.url("/aidant/logout"),
             dashboard => dashboard,
             action => ctx.fed.url("/aidant/mandats"),
             csrf => csrf_for(&sid),
             organisation => org.name,
-            domains => org.allowed_domains(),
+            domains => org.allowed_domains(&ctx.app.aidant_domains),
             durations => durations,
             mandates => mandates,
         },
     )
+}
+
+#[derive(Serialize)]
+struct OrgChoice {
+    id: String,
+    name: String,
+    current: bool,
+}
+
+/// The aidant's active organisations, when there is a choice (more than one).
+async fn memberships(ctx: &Ctx, step: &AidantStep) -> Result<Vec<OrgChoice>, AppError> {
+    let store = &ctx.app.store;
+    let mut orgs = Vec::new();
+    for (org_id, _) in store.aidant_memberships(&step.aidant_id).await? {
+        if let Some(o) = store.organisation(&org_id).await?.filter(|o| o.active) {
+            orgs.push(OrgChoice {
+                current: o.id == step.org_id,
+                id: o.id,
+                name: o.name,
+            });
+        }
+    }
+    if orgs.len() < 2 {
+        orgs.clear();
+    }
+    Ok(orgs)
+}
+
+/// The form's `csrf` must be the token bound to the browser's session id.
+fn check_page_csrf(ctx: &Ctx, lang: Lang, sid: &str, form: &Params) -> Result<(), AppError> {
+    let given = form.get("csrf").unwrap_or("");
+    if crate::crypto::ct_eq(given.as_bytes(), csrf_for(sid).as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!(federation = %ctx.fed.id, page = "aidant", "CSRF token missing or wrong");
+        Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None))
+    }
+}
+
+/// POST `/aidant/organisation`: `organisation` = id of another organisation
+/// of the aidant, which becomes their current one (`switch_organisation`,
+/// journalled as `aidant.org_switched`) for this sign-in and the next ones.
+pub async fn switch_submit(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    check_page_csrf(&ctx, lang, &sid, &form)?;
+    if !fresh(&ctx, &step) {
+        return Ok(redirect(&home_url(&ctx)));
+    }
+    let refused = || {
+        ctx.page_error(
+            lang,
+            StatusCode::FORBIDDEN,
+            "mandate_refused",
+            Some(home_url(&ctx)),
+        )
+    };
+    let store = &ctx.app.store;
+    let org = store
+        .organisation(form.get("organisation").unwrap_or(""))
+        .await?
+        .filter(|o| o.active)
+        .ok_or_else(refused)?;
+    match store
+        .switch_organisation(&step.aidant_id, &org.id, ctx.now())
+        .await
+    {
+        Ok(()) => {}
+        Err(crate::mandates::MandateError::NotAllowed) => return Err(refused()),
+        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+    }
+    // The browser's sign-in now acts for that organisation (same sign-in
+    // time, same expiry: the session was written at the sign-in).
+    let mut data = load_session(&ctx, &sid).await?.unwrap_or_default();
+    data.aidant = Some(AidantStep {
+        org_id: org.id,
+        ..step.clone()
+    });
+    let fed = &ctx.fed;
+    store
+        .update(
+            Kind::Session,
+            &sid,
+            &fed.id,
+            &serde_json::to_string(&data).map_err(AppError::internal)?,
+            step.auth_time + fed.cfg.session_ttl_secs,
+        )
+        .await?;
+    tracing::info!(event = "aidant_org_switched", federation = %fed.id, "aidant switched organisation");
+    Ok(redirect(&home_url(&ctx)))
+}
+
+/// POST `/aidant/logout`: ends the browser's session (deleted server-side,
+/// the access tokens issued under it revoked, cookie cleared).
+pub async fn logout_submit(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    citizen_only(&ctx, lang)?;
+    let form = Params::parse(&body).unwrap_or_default();
+    let fed = &ctx.fed;
+    let Some(sid) = cookies.session_id(fed) else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    check_page_csrf(&ctx, lang, &sid, &form)?;
+    let store = &ctx.app.store;
+    store.delete(Kind::Session, &sid, &fed.id).await?;
+    let revoked = store.revoke_session_tokens(&fed.id, &sid).await?;
+    tracing::info!(event = "aidant_signed_out", federation = %fed.id, tokens_revoked = revoked, "aidant signed out");
+    let mut resp = redirect(&home_url(&ctx));
+    resp.headers_mut()
+        .insert(axum::http::header::SET_COOKIE, set_cookie(&ctx, "", 0));
+    Ok(resp)
+}
+
+/// Journal that an aidant displayed an attestation (`kind` is `mandate`
+/// or `revocation`).
+async fn journal_attestation_view(
+    ctx: &Ctx,
+    step: &AidantStep,
+    m: &Mandate,
+    kind: &str,
+) -> Result<(), AppError> {
+    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone()).name();
+    ctx.app
+        .store
+        .journal_append(
+            crate::mandates::journal::Event {
+                kind: "mandate.attestation_viewed",
+                actor: &actor,
+                org_id: Some(&m.org_id),
+                data: json!({"mandate_id": m.id, "attestation": kind}),
+                personal: vec![],
+            }
+            .prepare(None, ctx.now()),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Window for "mandates expiring soon" on the référent dashboard.
@@ -286,11 +467,22 @@ pub async fn login_submit(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
+    guard: SignInGuard,
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
     let form = Params::parse(&body).unwrap_or_default();
+    // Login CSRF: the token of the form shown to this browser (bound to its
+    // cookie), checked before anything is counted.
+    let Some(sid) = cookies.session_id(&ctx.fed) else {
+        tracing::warn!(federation = %ctx.fed.id, page = "aidant", "sign-in without a cookie");
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+    };
+    check_page_csrf(&ctx, lang, &sid, &form)?;
+    if let Some(resp) = guard.refuse(&ctx, lang) {
+        return Ok(resp);
+    }
     let now = ctx.now();
     let store = &ctx.app.store;
     let code = form.get("totp").unwrap_or("").trim();
@@ -299,13 +491,27 @@ pub async fn login_submit(
     let (login, totp_only) = match (&existing, email.is_empty()) {
         (Some((_, step)), true) => (
             store
-                .verify_totp(&step.aidant_id, code, "renewed_authentication", now)
+                .verify_totp(
+                    &step.aidant_id,
+                    code,
+                    "renewed_authentication",
+                    &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
+                        .map_err(AppError::internal)?,
+                    now,
+                )
                 .await,
             true,
         ),
         _ => (
             store
-                .verify_password_and_totp(email, form.get("password").unwrap_or(""), code, now)
+                .verify_password_and_totp(
+                    email,
+                    form.get("password").unwrap_or(""),
+                    code,
+                    &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
+                        .map_err(AppError::internal)?,
+                    now,
+                )
                 .await,
             false,
         ),
@@ -314,7 +520,8 @@ pub async fn login_submit(
         Ok(l) => l,
         Err(crate::mandates::LoginError::Refused) => {
             tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, ok = false, page = "mandates", "aidant sign-in refused");
-            return sign_in_form(&ctx, lang, totp_only, true);
+            guard.failed(&ctx);
+            return sign_in_form(&ctx, lang, &sid, totp_only, true);
         }
         Err(e) => return Err(AppError::internal(format!("{e:?}"))),
     };
@@ -391,7 +598,7 @@ pub async fn draft_submit(
         .filter(|o| o.active)
         .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
     let domains: Vec<String> = org
-        .allowed_domains()
+        .allowed_domains(&ctx.app.aidant_domains)
         .into_iter()
         .filter(|d| form.get(&format!("domain_{d}")).is_some())
         .collect();
@@ -519,6 +726,7 @@ pub async fn recap_submit(
     Path(id): Path<String>,
     cookies: Cookies,
     headers: HeaderMap,
+    guard: SignInGuard,
     body: String,
 ) -> Result<Response, AppError> {
     let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
@@ -529,6 +737,9 @@ pub async fn recap_submit(
     if form.get("informed") != Some("yes") {
         return recap(&ctx, &id, &inter, true).await;
     }
+    if let Some(resp) = guard.refuse(&ctx, lang) {
+        return Ok(resp);
+    }
     let store = &ctx.app.store;
     let now = ctx.now();
     match store
@@ -536,12 +747,17 @@ pub async fn recap_submit(
             &draft.aidant_id,
             form.get("totp").unwrap_or("").trim(),
             "mandate_creation",
+            &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
+                .map_err(AppError::internal)?,
             now,
         )
         .await
     {
         Ok(_) => {}
-        Err(crate::mandates::LoginError::Refused) => return recap(&ctx, &id, &inter, true).await,
+        Err(crate::mandates::LoginError::Refused) => {
+            guard.failed(&ctx);
+            return recap(&ctx, &id, &inter, true).await;
+        }
         Err(e) => return Err(AppError::internal(format!("{e:?}"))),
     }
     // Single use of the interaction.
@@ -582,6 +798,7 @@ pub async fn recap_submit(
                 consent_version: CONSENT_VERSION,
                 consent_hash: &sha256_hex(CONSENT_TEXT.as_bytes()),
             },
+            &ctx.app.aidant_domains,
             now,
         )
         .await
@@ -730,7 +947,7 @@ pub async fn revocation(
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
-    let Some((_, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
     let store = &ctx.app.store;
@@ -748,6 +965,7 @@ pub async fn revocation(
     if revoked.is_empty() {
         return Err(not_found());
     }
+    journal_attestation_view(&ctx, &step, &m, "revocation").await?;
     ctx.page(
         lang,
         "aidant_revocation.html",
@@ -759,6 +977,8 @@ pub async fn revocation(
             revoked => revoked,
             hash => revocation_hash(&m, &org),
             home_url => home_url(&ctx),
+            csrf => csrf_for(&sid),
+            logout_action => ctx.fed.url("/aidant/logout"),
         },
     )
 }
@@ -773,7 +993,7 @@ pub async fn attestation(
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
-    let Some((_, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
     let store = &ctx.app.store;
@@ -785,6 +1005,7 @@ pub async fn attestation(
         .ok_or_else(not_found)?;
     let org = store.organisation(&m.org_id).await?.ok_or_else(not_found)?;
     let name = usager_name(&ctx, &m.usager_id).await?;
+    journal_attestation_view(&ctx, &step, &m, "mandate").await?;
     let auths = auth_views(&m, ctx.now());
     ctx.page(
         lang,
@@ -800,6 +1021,8 @@ pub async fn attestation(
             authorisations => auths,
             hash => attestation_hash(&m, &org),
             home_url => home_url(&ctx),
+            csrf => csrf_for(&sid),
+            logout_action => ctx.fed.url("/aidant/logout"),
         },
     )
 }
@@ -923,6 +1146,7 @@ pub async fn renew_submit(
     Path(mid): Path<String>,
     cookies: Cookies,
     headers: HeaderMap,
+    guard: SignInGuard,
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
@@ -938,6 +1162,9 @@ pub async fn renew_submit(
     if form.get("informed") != Some("yes") {
         return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
     }
+    if let Some(resp) = guard.refuse(&ctx, lang) {
+        return Ok(resp);
+    }
     let store = &ctx.app.store;
     let now = ctx.now();
     match store
@@ -945,13 +1172,16 @@ pub async fn renew_submit(
             &step.aidant_id,
             form.get("totp").unwrap_or("").trim(),
             "mandate_renewal",
+            &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
+                .map_err(AppError::internal)?,
             now,
         )
         .await
     {
         Ok(_) => {}
         Err(crate::mandates::LoginError::Refused) => {
-            return renewal_recap(&ctx, &sid, &m, &org, lang, true).await
+            guard.failed(&ctx);
+            return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
         }
         Err(e) => return Err(AppError::internal(format!("{e:?}"))),
     }
@@ -976,6 +1206,7 @@ pub async fn renew_submit(
                 consent_version: CONSENT_VERSION,
                 consent_hash: &sha256_hex(CONSENT_TEXT.as_bytes()),
             },
+            &ctx.app.aidant_domains,
             now,
         )
         .await

@@ -4,6 +4,7 @@
 pub mod aidant;
 pub mod authorize;
 pub mod claims;
+pub mod enrolment;
 pub mod logout;
 pub mod mandate_new;
 pub mod token;
@@ -57,6 +58,12 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         )
         .route("/aidant", get(mandate_new::home))
         .route("/aidant/login", post(mandate_new::login_submit))
+        .route(
+            "/aidant/enrolment/{token}",
+            get(enrolment::page).post(enrolment::submit),
+        )
+        .route("/aidant/logout", post(mandate_new::logout_submit))
+        .route("/aidant/organisation", post(mandate_new::switch_submit))
         .route("/aidant/mandats", post(mandate_new::draft_submit))
         .route(
             "/aidant/mandats/{mid}/attestation",

@@ -15,10 +15,12 @@ use crate::agent::identity::{normalise_email, valid_siret};
 use crate::crypto::random_token;
 use crate::crypto::secrets::{hash_secret, verify_secret};
 use crate::mandates::journal::{Entry, Event, Head, Pending};
+use crate::mandates::secret::Opened;
 use crate::mandates::{
-    totp, valid_domain_name, Actor, Aidant, AidantCreated, AidantLogin, Authorisation, LoginError,
-    Mandate, MandateError, NewAidant, NewMandate, Organisation, Role, Salt, LOCK_SECS,
-    MAX_DURATION_DAYS, MAX_FAILED_ATTEMPTS, MIN_PASSWORD_CHARS,
+    totp, valid_domain_name, Actor, Aidant, AidantCreated, AidantLogin, Authorisation, Enrolment,
+    LoginError, Mandate, MandateError, NewAidant, NewMandate, Organisation, PendingEnrolment, Role,
+    Salt, TotpKey, ENROLMENT_TTL_SECS, LOCK_SECS, MAX_DURATION_DAYS, MAX_FAILED_ATTEMPTS,
+    MIN_PASSWORD_CHARS,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -153,6 +155,35 @@ async fn burn_argon2(password: &str) {
     .await;
 }
 
+/// Decrypt a stored TOTP secret. A secret that does not decrypt is an
+/// operator problem (another `totp-key`, a row moved to another aidant), not
+/// a wrong code: it is reported as a store error, and logged.
+fn open_secret(key: &TotpKey, aidant_id: &str, stored: &str) -> Result<Opened> {
+    key.open(aidant_id, stored).map_err(|e| {
+        tracing::error!(aidant = %aidant_id, error = %e, "aidant TOTP secret unreadable");
+        StoreError::Other(format!("TOTP secret of aidant {aidant_id}: {e}"))
+    })
+}
+
+/// Encrypt a secret still stored as is (older rows), in the transaction of
+/// the sign-in that used it.
+async fn reseal_if_plain(
+    tx: &mut Tx,
+    key: &TotpKey,
+    aidant_id: &str,
+    stored: &str,
+    opened: &Opened,
+) -> Result<()> {
+    if let Opened::Plain(secret) = opened {
+        let sealed = key.seal(aidant_id, secret).map_err(StoreError::Other)?;
+        tx!(tx, t => sqlx::query(
+            "UPDATE aidants SET totp_secret = $1 WHERE id = $2 AND totp_secret = $3")
+            .bind(&sealed).bind(aidant_id).bind(stored)
+            .execute(&mut **t).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
 const MANDATE_COLUMNS: &str =
     "id, org_id, usager_id, created_by, consent_version, consent_hash, created_at";
 const AUTH_COLUMNS: &str =
@@ -274,7 +305,8 @@ impl Store {
     // ---- organisations ------------------------------------------------------
 
     /// Create an organisation. The SIRET must be 14 digits passing the Luhn
-    /// check; `domains` empty means the default list.
+    /// check; `domains` empty means the deployment's list (`[aidants]
+    /// domains`; the command line checks a given list against it).
     pub async fn create_organisation(
         &self,
         name: &str,
@@ -372,6 +404,7 @@ impl Store {
         new: &NewAidant<'_>,
         actor: &Actor,
         salt: &Salt,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantCreated, MandateError> {
         let email = normalise_email(new.email)
@@ -393,6 +426,7 @@ impl Store {
             .map_err(|e| MandateError::Store(StoreError::Other(e)))?;
         let secret = totp::generate_secret().map_err(StoreError::Other)?;
         let id = random_token(16);
+        let sealed = key.seal(&id, &secret).map_err(StoreError::Other)?;
         let mut tx = self.begin_write().await?;
         let org: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
             "SELECT id FROM organisations WHERE id = $1")
@@ -402,7 +436,7 @@ impl Store {
         }
         let n = tx!(&mut tx, t => sqlx::query(
             "INSERT INTO aidants (id, email, name, password_hash, totp_secret, totp_last_step, failed_attempts, locked_until, current_org, created_at) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, $6, $7) ON CONFLICT (email) DO NOTHING")
-            .bind(&id).bind(&email).bind(name).bind(&password_hash).bind(&secret).bind(new.org_id).bind(now)
+            .bind(&id).bind(&email).bind(name).bind(&password_hash).bind(&sealed).bind(new.org_id).bind(now)
             .execute(&mut **t).await.map(|r| r.rows_affected()))?;
         if n == 0 {
             return Err(MandateError::Conflict(
@@ -517,10 +551,11 @@ impl Store {
         &self,
         email: &str,
         actor: &Actor,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantCreated, MandateError> {
         let secret = totp::generate_secret().map_err(StoreError::Other)?;
-        self.store_totp_secret(email, secret, actor, now).await
+        self.store_totp_secret(email, secret, actor, key, now).await
     }
 
     /// Set a given TOTP secret (base32, at least 16 bytes) for an aidant.
@@ -531,6 +566,7 @@ impl Store {
         email: &str,
         secret_b32: &str,
         actor: &Actor,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantCreated, MandateError> {
         if totp::base32_decode(secret_b32).is_none_or(|b| b.len() < 16) {
@@ -538,7 +574,7 @@ impl Store {
                 "the TOTP secret must be base32 of at least 16 bytes".into(),
             ));
         }
-        self.store_totp_secret(email, secret_b32.to_string(), actor, now)
+        self.store_totp_secret(email, secret_b32.to_string(), actor, key, now)
             .await
     }
 
@@ -547,16 +583,21 @@ impl Store {
         email: &str,
         secret: String,
         actor: &Actor,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantCreated, MandateError> {
         let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
         let mut tx = self.begin_write().await?;
         let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
-            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE email = $2 RETURNING id, current_org")
-            .bind(&secret).bind(&email).fetch_optional(&mut **t).await)?;
+            "SELECT id, current_org FROM aidants WHERE email = $1")
+            .bind(&email).fetch_optional(&mut **t).await)?;
         let Some((id, current_org)) = row else {
             return Err(MandateError::NotFound("aidant"));
         };
+        let sealed = key.seal(&id, &secret).map_err(StoreError::Other)?;
+        tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
+            .bind(&sealed).bind(&id).execute(&mut **t).await.map(|_| ()))?;
         let actor_name = actor.name();
         tx.record(
             Event {
@@ -638,6 +679,7 @@ impl Store {
         email: &str,
         password: &str,
         code: &str,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantLogin, LoginError> {
         let Some(email) = normalise_email(email) else {
@@ -658,7 +700,8 @@ impl Store {
         }
         let presented = password.to_string();
         let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
-        let step = totp::verify(&secret, code, now, last_step);
+        let opened = open_secret(key, &id, &secret)?;
+        let step = totp::verify(opened.secret(), code, now, last_step);
         let (true, Some(step)) = (password_ok, step) else {
             self.aidant_failure(&id, now).await?;
             return Err(LoginError::Refused);
@@ -674,6 +717,7 @@ impl Store {
             self.aidant_failure(&id, now).await?;
             return Err(LoginError::Refused);
         }
+        reseal_if_plain(&mut tx, key, &id, &secret, &opened).await?;
         let actor_name = Actor::Aidant(id.clone()).name();
         tx.record(
             Event {
@@ -703,6 +747,7 @@ impl Store {
         aidant_id: &str,
         code: &str,
         purpose: &str,
+        key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantLogin, LoginError> {
         let row: Option<(String, i64, i64, Option<String>)> = on!(self, p => sqlx::query_as(
@@ -714,7 +759,8 @@ impl Store {
         if locked_until > now {
             return Err(LoginError::Refused);
         }
-        let Some(step) = totp::verify(&secret, code, now, last_step) else {
+        let opened = open_secret(key, aidant_id, &secret)?;
+        let Some(step) = totp::verify(opened.secret(), code, now, last_step) else {
             self.aidant_failure(aidant_id, now).await?;
             return Err(LoginError::Refused);
         };
@@ -728,6 +774,7 @@ impl Store {
             self.aidant_failure(aidant_id, now).await?;
             return Err(LoginError::Refused);
         }
+        reseal_if_plain(&mut tx, key, aidant_id, &secret, &opened).await?;
         let actor_name = Actor::Aidant(aidant_id.to_string()).name();
         tx.record(
             Event {
@@ -826,10 +873,13 @@ impl Store {
     /// for `duration_days`. An active authorisation for the same usager,
     /// organisation and domain is revoked (replaced) in the same
     /// transaction. The aidant must belong to the organisation, which must
-    /// be active and allow every domain.
+    /// be active and allow every domain; `deployment_domains` is the
+    /// deployment's list (`[aidants] domains`, see
+    /// [`Organisation::allowed_domains`]).
     pub async fn create_mandate(
         &self,
         m: &NewMandate<'_>,
+        deployment_domains: &[String],
         now: i64,
     ) -> std::result::Result<Mandate, MandateError> {
         if m.domains.is_empty() {
@@ -867,7 +917,7 @@ impl Store {
                 "the organisation is not active".into(),
             ));
         }
-        let allowed = org.allowed_domains();
+        let allowed = org.allowed_domains(deployment_domains);
         if let Some(d) = domains.iter().find(|d| !allowed.iter().any(|a| a == *d)) {
             return Err(MandateError::Invalid(format!(
                 "domain {d} is not allowed for this organisation"
@@ -1083,6 +1133,316 @@ impl Store {
         Ok(domains)
     }
 
+    // ---- operations ---------------------------------------------------------
+
+    /// Encrypt every TOTP secret still stored as is (rows written before
+    /// encryption at rest existed). Returns how many were converted; journals
+    /// `aidants.totp_secrets_encrypted` (count only) when there were any.
+    pub async fn encrypt_totp_secrets(
+        &self,
+        key: &TotpKey,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<u64, MandateError> {
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<(String, String)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id, totp_secret FROM aidants WHERE totp_secret NOT LIKE 'v1:%' ORDER BY id")
+            .fetch_all(&mut **t).await)?;
+        let mut n = 0u64;
+        for (id, stored) in rows {
+            let opened = key.open(&id, &stored).map_err(|e| {
+                MandateError::Invalid(format!("aidant {id}: TOTP secret unreadable: {e}"))
+            })?;
+            let sealed = key.seal(&id, opened.secret()).map_err(StoreError::Other)?;
+            tx!(&mut tx, t => sqlx::query("UPDATE aidants SET totp_secret = $1 WHERE id = $2")
+                .bind(&sealed).bind(&id).execute(&mut **t).await.map(|_| ()))?;
+            n += 1;
+        }
+        if n > 0 {
+            let actor_name = actor.name();
+            tx.record(
+                Event {
+                    kind: "aidants.totp_secrets_encrypted",
+                    actor: &actor_name,
+                    org_id: None,
+                    data: json!({"count": n}),
+                    personal: vec![],
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Activate or deactivate an organisation. While inactive, none of its
+    /// mandates authorises anything and no mandate can be created for it.
+    /// Returns false when it already had that state (nothing journalled).
+    pub async fn set_organisation_active(
+        &self,
+        org_id: &str,
+        active: bool,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<bool, MandateError> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(i64,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT active FROM organisations WHERE id = $1")
+            .bind(org_id).fetch_optional(&mut **t).await)?;
+        let (current,) = row.ok_or(MandateError::NotFound("organisation"))?;
+        if (current != 0) == active {
+            return Ok(false);
+        }
+        tx!(&mut tx, t => sqlx::query("UPDATE organisations SET active = $1 WHERE id = $2")
+            .bind(i64::from(active)).bind(org_id).execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: if active {
+                    "organisation.activated"
+                } else {
+                    "organisation.deactivated"
+                },
+                actor: &actor_name,
+                org_id: Some(org_id),
+                data: json!({"org_id": org_id}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Retention purge: for every usager whose mandates all ended (expired,
+    /// or revoked before expiring) at or before `now - retention_days`, and
+    /// who was created before that, remove the personal data: the claims
+    /// become NULL and the identity key becomes `purged:{usager id}` (which
+    /// identifies no one). The usager row, its random id, its mandates and
+    /// the journal stay, so the journal still verifies and the history of
+    /// mandates stays readable without naming the person. Journals
+    /// `usagers.purged` with counts only. Returns how many were purged.
+    pub async fn purge_usagers(
+        &self,
+        retention_days: i64,
+        actor: &Actor,
+        now: i64,
+    ) -> std::result::Result<u64, MandateError> {
+        if retention_days < 1 {
+            return Err(MandateError::Invalid(
+                "the retention period must be at least 1 day".into(),
+            ));
+        }
+        let cutoff = now.saturating_sub(retention_days.saturating_mul(86_400));
+        let mut tx = self.begin_write().await?;
+        let ids: Vec<(String,)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT u.id FROM usagers u \
+             WHERE u.purged_at IS NULL AND u.created_at <= $1 AND NOT EXISTS ( \
+               SELECT 1 FROM authorisations a JOIN mandates m ON m.id = a.mandate_id \
+               WHERE m.usager_id = u.id AND \
+                 (CASE WHEN a.revoked_at IS NOT NULL AND a.revoked_at < a.expires_at \
+                       THEN a.revoked_at ELSE a.expires_at END) > $1) \
+             ORDER BY u.id")
+            .bind(cutoff).fetch_all(&mut **t).await)?;
+        let n = ids.len() as u64;
+        let mut mandates = 0i64;
+        for (id,) in &ids {
+            tx!(&mut tx, t => sqlx::query(
+                "UPDATE usagers SET identity_key = $1, claims = NULL, purged_at = $2 WHERE id = $3")
+                .bind(format!("purged:{id}")).bind(now).bind(id)
+                .execute(&mut **t).await.map(|_| ()))?;
+            let (count,): (i64,) = tx!(&mut tx, t => sqlx::query_as(
+                "SELECT COUNT(*) FROM mandates WHERE usager_id = $1")
+                .bind(id).fetch_one(&mut **t).await)?;
+            mandates += count;
+        }
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: "usagers.purged",
+                actor: &actor_name,
+                org_id: None,
+                data: json!({
+                    "usagers": n,
+                    "mandates": mandates,
+                    "retention_days": retention_days,
+                    "ended_before": cutoff,
+                }),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Whether an usager's personal data was purged, and when.
+    pub async fn usager_purged_at(&self, usager_id: &str) -> Result<Option<i64>> {
+        let row: Option<(Option<i64>,)> = on!(self, p => sqlx::query_as(
+            "SELECT purged_at FROM usagers WHERE id = $1")
+            .bind(usager_id).fetch_optional(p).await)?;
+        Ok(row.and_then(|r| r.0))
+    }
+
+    /// (seq, signing time) of the latest signed head, if any.
+    pub async fn journal_last_head(&self) -> Result<Option<(i64, i64)>> {
+        let row: Option<(i64, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT seq, at FROM journal_heads ORDER BY seq DESC, at DESC LIMIT 1")
+            .fetch_optional(p).await)?;
+        Ok(row)
+    }
+
+    /// Issue a one-time TOTP enrolment link for the aidant `email`: a new
+    /// secret waits in `aidant_enrolments` (the token stored as its SHA-256)
+    /// for [`ENROLMENT_TTL_SECS`]. The aidant's current secret is replaced
+    /// at once by a random one nobody knows (old codes stop working) and the
+    /// account is unlocked; the new secret only becomes usable when the
+    /// aidant confirms it ([`Store::confirm_enrolment`]). Earlier unused
+    /// links of the aidant stop working.
+    pub async fn issue_enrolment(
+        &self,
+        email: &str,
+        actor: &Actor,
+        key: &TotpKey,
+        now: i64,
+    ) -> std::result::Result<Enrolment, MandateError> {
+        let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
+        let pending = totp::generate_secret().map_err(StoreError::Other)?;
+        let placeholder = totp::generate_secret().map_err(StoreError::Other)?;
+        let token = random_token(32);
+        let expires_at = now + ENROLMENT_TTL_SECS;
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id, current_org FROM aidants WHERE email = $1")
+            .bind(&email).fetch_optional(&mut **t).await)?;
+        let Some((id, current_org)) = row else {
+            return Err(MandateError::NotFound("aidant"));
+        };
+        let sealed_pending = key.seal(&id, &pending).map_err(StoreError::Other)?;
+        let sealed_placeholder = key.seal(&id, &placeholder).map_err(StoreError::Other)?;
+        tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
+            .bind(&sealed_placeholder).bind(&id).execute(&mut **t).await.map(|_| ()))?;
+        tx!(&mut tx, t => sqlx::query(
+            "DELETE FROM aidant_enrolments WHERE aidant_id = $1 AND used_at IS NULL")
+            .bind(&id).execute(&mut **t).await.map(|_| ()))?;
+        tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO aidant_enrolments (token_hash, aidant_id, totp_secret, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, NULL)")
+            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(&id)
+            .bind(&sealed_pending).bind(now).bind(expires_at)
+            .execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = actor.name();
+        tx.record(
+            Event {
+                kind: "aidant.enrolment_issued",
+                actor: &actor_name,
+                org_id: current_org.as_deref(),
+                data: json!({"aidant_id": id, "expires_at": expires_at}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Enrolment {
+            aidant_id: id,
+            email,
+            token,
+            expires_at,
+        })
+    }
+
+    /// The pending enrolment of a link, if it is unused and not expired.
+    pub async fn pending_enrolment(
+        &self,
+        token: &str,
+        key: &TotpKey,
+        now: i64,
+    ) -> Result<Option<PendingEnrolment>> {
+        let row: Option<(String, String, String, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT e.aidant_id, a.email, e.totp_secret, e.expires_at FROM aidant_enrolments e \
+             JOIN aidants a ON a.id = e.aidant_id \
+             WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
+            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(now)
+            .fetch_optional(p).await)?;
+        let Some((aidant_id, email, sealed, expires_at)) = row else {
+            return Ok(None);
+        };
+        let secret = open_secret(key, &aidant_id, &sealed)?;
+        Ok(Some(PendingEnrolment {
+            aidant_id,
+            email,
+            totp_secret: secret.secret().to_string(),
+            expires_at,
+        }))
+    }
+
+    /// Confirm an enrolment link with the aidant's password and a first code
+    /// of the new secret: the secret becomes the aidant's (the code's step is
+    /// consumed) and the link is used up. Failures are the same
+    /// [`LoginError::Refused`] whatever the cause, and count towards the
+    /// account lock like sign-in failures.
+    pub async fn confirm_enrolment(
+        &self,
+        token: &str,
+        password: &str,
+        code: &str,
+        key: &TotpKey,
+        now: i64,
+    ) -> std::result::Result<String, LoginError> {
+        let token_hash = crate::mandates::journal::sha256_hex(token.as_bytes());
+        #[allow(clippy::type_complexity)]
+        let row: Option<(String, String, String, i64, Option<String>)> = on!(self, p => sqlx::query_as(
+            "SELECT e.aidant_id, e.totp_secret, a.password_hash, a.locked_until, a.current_org \
+             FROM aidant_enrolments e JOIN aidants a ON a.id = e.aidant_id \
+             WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
+            .bind(&token_hash).bind(now).fetch_optional(p).await)?;
+        let Some((id, sealed, password_hash, locked_until, current_org)) = row else {
+            burn_argon2(password).await;
+            return Err(LoginError::Refused);
+        };
+        if locked_until > now {
+            return Err(LoginError::Refused);
+        }
+        let presented = password.to_string();
+        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
+        let secret = open_secret(key, &id, &sealed)?;
+        let step = totp::verify(secret.secret(), code, now, 0);
+        let (true, Some(step)) = (password_ok, step) else {
+            self.aidant_failure(&id, now).await?;
+            return Err(LoginError::Refused);
+        };
+        let mut tx = self.begin_write().await?;
+        let n = tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidant_enrolments SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1")
+            .bind(now).bind(&token_hash)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            return Err(LoginError::Refused);
+        }
+        tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_secret = $1, totp_last_step = $2, failed_attempts = 0, locked_until = 0 WHERE id = $3")
+            .bind(&sealed).bind(step).bind(&id)
+            .execute(&mut **t).await.map(|_| ()))?;
+        let actor_name = Actor::Aidant(id.clone()).name();
+        tx.record(
+            Event {
+                kind: "aidant.totp_enrolled",
+                actor: &actor_name,
+                org_id: current_org.as_deref(),
+                data: json!({"aidant_id": id}),
+                personal: vec![],
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
     // ---- delegated sign-in ----------------------------------------------------
 
     /// Remember the usager's pivot identity claims (JSON object text), so a
@@ -1133,5 +1493,21 @@ impl Store {
         )
         .await?;
         tx.commit().await
+    }
+}
+
+// ---- Aidant pages: organisation switching (src/provider/mandate_new.rs) ----
+
+impl Store {
+    /// The organisations an aidant belongs to, with their role, sorted by
+    /// organisation id.
+    pub async fn aidant_memberships(&self, aidant_id: &str) -> Result<Vec<(String, Role)>> {
+        let rows: Vec<(String, String)> = on!(self, p => sqlx::query_as(
+            "SELECT org_id, role FROM aidant_orgs WHERE aidant_id = $1 ORDER BY org_id")
+            .bind(aidant_id).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(o, r)| Role::parse(&r).map(|r| (o, r)))
+            .collect())
     }
 }

@@ -28,6 +28,10 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             include_str!("templates/aidant_login.html"),
         ),
         (
+            "aidant_enrolment.html",
+            include_str!("templates/aidant_enrolment.html"),
+        ),
+        (
             "aidant_usagers.html",
             include_str!("templates/aidant_usagers.html"),
         ),

@@ -40,8 +40,16 @@ fn salt() -> Salt {
     Salt::new(&[7u8; 32]).unwrap()
 }
 
-async fn aidant(s: &Store, email: &str, org: &str, now: i64) -> (String, String) {
-    let a = s
+/// The TOTP encryption key of the Relais under test (in its keys folder).
+fn totp_key(env: &Env) -> relais::mandates::TotpKey {
+    relais::mandates::TotpKey::beside(&env.stack.state.journal_salt_path).unwrap()
+}
+
+async fn aidant(env: &Env, email: &str, org: &str, now: i64) -> (String, String) {
+    let a = env
+        .stack
+        .state
+        .store
         .create_aidant(
             &NewAidant {
                 email,
@@ -52,6 +60,7 @@ async fn aidant(s: &Store, email: &str, org: &str, now: i64) -> (String, String)
             },
             &Actor::Admin,
             &salt(),
+            &totp_key(env),
             now,
         )
         .await
@@ -73,8 +82,8 @@ async fn setup(env: &Env) -> Setup {
         .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
         .await
         .unwrap();
-    let (aidant_a, secret_a) = aidant(s, "marie@mairie.fr", &org_a.id, now).await;
-    let (aidant_b, secret_b) = aidant(s, "paul@brest.fr", &org_b.id, now).await;
+    let (aidant_a, secret_a) = aidant(env, "marie@mairie.fr", &org_a.id, now).await;
+    let (aidant_b, secret_b) = aidant(env, "paul@brest.fr", &org_b.id, now).await;
     let _ = aidant_b;
     let angela = relais::demo::idp::demo_people(1)
         .into_iter()
@@ -99,6 +108,7 @@ async fn setup(env: &Env) -> Setup {
                 consent_version: "v1",
                 consent_hash: "h",
             },
+            &relais::mandates::default_domains(),
             now,
         )
         .await
@@ -343,6 +353,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
                     consent_version: "v1",
                     consent_hash: "h",
                 },
+                &relais::mandates::default_domains(),
                 now,
             )
             .await
@@ -1202,6 +1213,7 @@ async fn usager_sees_and_revokes_own_mandate() {
                     consent_version: "v1",
                     consent_hash: "h",
                 },
+                &relais::mandates::default_domains(),
                 now,
             )
             .await
@@ -1296,6 +1308,7 @@ async fn referent_dashboard_shown_only_to_referents() {
                 },
                 &Actor::Admin,
                 &salt(),
+                &totp_key(&env),
                 now,
             )
             .await
@@ -1442,6 +1455,536 @@ async fn revoked_mandate_renewed_with_totp_confirmation() {
         let rp = Rp::demo(&env).await;
         let tokens = demo_delegated(&env, &rp, &browser, &format!("{new_id}:papiers")).await;
         assert_eq!(rp.userinfo(&tokens.access_token).await.status(), 200);
+        env.cleanup().await;
+    }
+}
+
+/// A browser whose cookie jar the test can read.
+fn browser_with_jar() -> (Browser, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let http = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    (Browser { http }, jar)
+}
+
+/// A browser behind the (trusted) proxy, which adds `X-Forwarded-For`.
+fn browser_from(forwarded_for: &str) -> Browser {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    Browser {
+        http: reqwest::Client::builder()
+            .cookie_store(true)
+            .default_headers(h)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Journal entries of one kind.
+async fn journal_of(store: &Store, kind: &str) -> Vec<relais::mandates::journal::Entry> {
+    store
+        .journal_page(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .collect()
+}
+
+/// Login CSRF at `/aidant/login` (a token bound to the browser's cookie;
+/// missing, wrong or cookie-less posts get 403 and count nothing), then the
+/// aidant's sign-out: session deleted server-side, cookie cleared, access
+/// tokens issued under it revoked, and `/aidant` asks for the password.
+#[tokio::test]
+async fn aidant_login_csrf_and_sign_out() {
+    use relais::demo::aidants::*;
+    use reqwest::cookie::CookieStore;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let login_url = format!("{broker}/aidant/login");
+        let (browser, jar) = browser_with_jar();
+
+        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, hidden) = form(&html);
+        assert_eq!(absolute(&url, &action), login_url);
+        let csrf = hidden
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.clone())
+            .expect("the sign-in form carries a CSRF token");
+        assert!(!csrf.is_empty());
+        let credentials = |password: &str, code: String| {
+            vec![
+                ("email".to_string(), DEMO_AIDANT_EMAIL.to_string()),
+                ("password".to_string(), password.to_string()),
+                ("totp".to_string(), code),
+            ]
+        };
+
+        // Without a token, with a wrong one, and from a browser without
+        // the cookie: 403, more times than the lockout and throttle limits.
+        for i in 0..(relais::provider::aidant::THROTTLE_MAX_FAILURES + 1) {
+            let mut fields = credentials("wrong password!", demo_code(&env));
+            if i % 2 == 1 {
+                fields.push(("csrf".into(), "forged".into()));
+            }
+            let (_, status, html) = browser.post(&login_url, &fields, &stop).await.page();
+            assert_eq!(status, 403, "{html}");
+            assert!(html.contains("<code>csrf</code>"), "{html}");
+        }
+        let mut fields = credentials(DEMO_AIDANT_PASSWORD, demo_code(&env));
+        fields.push(("csrf".into(), csrf.clone()));
+        let (_, status, _) = Browser::new().post(&login_url, &fields, &stop).await.page();
+        assert_eq!(status, 403, "the token is bound to the browser's cookie");
+        // Nothing was counted: no failure on the account, no lock, and the
+        // correct sign-in (same address) works.
+        let a = store
+            .aidant_by_email(DEMO_AIDANT_EMAIL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.failed_attempts, 0);
+        assert!(a.locked_until <= env.stack.state.now());
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(html.contains("name=\"email\""), "not signed in: {html}");
+        let mut fields = credentials(DEMO_AIDANT_PASSWORD, demo_code(&env));
+        fields.push(("csrf".into(), csrf.clone()));
+        let (_, status, html) = browser.post(&login_url, &fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-draft"), "{html}");
+        assert!(html.contains("aidant-logout"), "{html}");
+
+        // A delegated sign-in under this sign-in (same browser).
+        let rp = Rp::demo(&env).await;
+        let tokens =
+            demo_delegated(&env, &rp, &browser, &format!("{}:papiers", demo.mandate_id)).await;
+        assert_eq!(rp.userinfo(&tokens.access_token).await.status(), 200);
+
+        // Sign-out: wrong token refused (still signed in), then done.
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let start = html.find("id=\"aidant-logout\"").unwrap();
+        let start = html[..start].rfind("<form").unwrap();
+        let (logout_action, logout_fields) = form(&html[start..]);
+        let logout = absolute(&broker, &logout_action);
+        assert_eq!(logout, format!("{broker}/aidant/logout"));
+        let old_cookie = jar
+            .cookies(&reqwest::Url::parse(&broker).unwrap())
+            .expect("session cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let bad = vec![("csrf".to_string(), "forged".to_string())];
+        let (_, status, _) = browser.post(&logout, &bad, &stop).await.page();
+        assert_eq!(status, 403);
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(html.contains("mandate-draft"), "still signed in: {html}");
+        let (url, status, html) = browser.post(&logout, &logout_fields, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.ends_with("/aidant"), "{url}");
+        assert!(
+            html.contains("name=\"email\"") && html.contains("name=\"password\""),
+            "the password is asked again: {html}"
+        );
+        assert_eq!(
+            rp.userinfo(&tokens.access_token).await.status(),
+            401,
+            "tokens issued under the ended session are revoked"
+        );
+        // The old cookie, replayed, no longer names a session.
+        let replay = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = replay
+            .get(format!("{broker}/aidant"))
+            .header("cookie", &old_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let html = resp.text().await.unwrap();
+        assert!(
+            html.contains("name=\"password\"") && !html.contains("mandate-draft"),
+            "{html}"
+        );
+        // The delegated flow asks for the password again too.
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice, _, _) = browser.go(&auth.url, &stop).await.page();
+        let (_, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(html.contains("name=\"password\""), "{html}");
+        env.cleanup().await;
+    }
+}
+
+/// Per-IP throttling (trusted proxy: the right-most `X-Forwarded-For`
+/// entry): after the limit of failed attempts from one address, every
+/// aidant sign-in from it gets 429, even with correct credentials and a
+/// spoofed left-most entry, at `/aidant/login` and at the delegated
+/// sign-in; another address still signs in; the window then expires.
+#[tokio::test]
+async fn aidant_sign_ins_throttled_per_ip() {
+    use relais::demo::aidants::*;
+    use relais::provider::aidant::{THROTTLE_MAX_FAILURES, THROTTLE_WINDOW_SECS};
+    for db in databases() {
+        let env = Env::start_with(
+            db,
+            String::new(),
+            vec![(
+                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
+                "true".into(),
+            )],
+            false,
+        )
+        .await;
+        seed(&env.stack).await.unwrap();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let attacker = browser_from("10.1.1.1, 203.0.113.66");
+
+        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, hidden) = form(&html);
+        let target = absolute(&url, &action);
+        for i in 0..THROTTLE_MAX_FAILURES {
+            let mut fields = hidden.clone();
+            fields.push(("email".into(), format!("intrus{i}@example.org")));
+            fields.push(("password".into(), "guessed password".into()));
+            fields.push(("totp".into(), "123456".into()));
+            let (_, status, html) = attacker.post(&target, &fields, &stop).await.page();
+            assert_eq!(status, 401, "attempt {i}: {html}");
+            assert!(html.contains("aidant-error"), "{html}");
+        }
+        // Over the limit: 429, even with correct credentials; the left-most
+        // (client-supplied) entry changes nothing.
+        let mut fields = hidden.clone();
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = attacker.post(&target, &fields, &stop).await.page();
+        assert_eq!(status, 429, "{html}");
+        assert!(
+            html.contains("Trop de tentatives") && !html.contains("aidant-error"),
+            "{html}"
+        );
+        assert!(!html.contains(DEMO_AIDANT_EMAIL), "no account hint: {html}");
+        let resp = attacker
+            .http
+            .post(&target)
+            .header("x-forwarded-for", "192.0.2.200, 203.0.113.66")
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        let a = store
+            .aidant_by_email(DEMO_AIDANT_EMAIL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.failed_attempts, 0, "no password or code was checked");
+
+        // The delegated sign-in page shares the limit.
+        let rp = Rp::demo(&env).await;
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice, status, html) = attacker.go(&auth.url, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (url, status, html) = attacker.go(&format!("{choice}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, mut deleg) = form(&html);
+        deleg.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        deleg.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        deleg.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = attacker
+            .post(&absolute(&url, &action), &deleg, &stop)
+            .await
+            .page();
+        assert_eq!(status, 429, "{html}");
+
+        // Another address signs in normally, on both pages.
+        let other = browser_from("10.1.1.1, 203.0.113.77");
+        aidant_home(
+            &env,
+            &other,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        let colleague = browser_from("203.0.113.78");
+        let (choice, _, _) = colleague.go(&auth.url, &stop).await.page();
+        let (url, status, html) = colleague
+            .go(&format!("{choice}/aidant"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        let (action, mut deleg) = form(&html);
+        deleg.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        deleg.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        deleg.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = colleague
+            .post(&absolute(&url, &action), &deleg, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
+
+        // Once the window has passed, the address may try again.
+        env.stack.state.advance_clock(THROTTLE_WINDOW_SECS);
+        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, mut fields) = form(&html);
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = attacker
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-draft"), "{html}");
+        env.cleanup().await;
+    }
+}
+
+/// An aidant of two organisations switches from the aidant's page (CSRF,
+/// fresh sign-in, membership required; `aidant.org_switched` journalled):
+/// the mandates listed and the delegated sign-in then use the new
+/// organisation. Viewing an attestation or a revocation attestation is
+/// journalled (`mandate.attestation_viewed`).
+#[tokio::test]
+async fn organisation_switch_and_attestation_views_journalled() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let now = env.stack.state.now();
+        let brest = store
+            .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
+            .await
+            .unwrap();
+        let rennes = store
+            .create_organisation("France Services Rennes", SIRET_A, &[], &Actor::Admin, now)
+            .await
+            .unwrap();
+        store
+            .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
+            .await
+            .unwrap();
+        let brest_mandate = store
+            .create_mandate(
+                &NewMandate {
+                    org_id: &brest.id,
+                    usager_id: &demo.usager_id,
+                    aidant_id: &demo.aidant_id,
+                    domains: &["famille"],
+                    duration_days: 30,
+                    consent_version: "v1",
+                    consent_hash: "h",
+                },
+                &relais::mandates::default_domains(),
+                now,
+            )
+            .await
+            .unwrap()
+            .id;
+        let actor = format!("aidant:{}", demo.aidant_id);
+
+        let browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &browser,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        assert!(html.contains("id=\"org-switch\""), "{html}");
+        assert!(html.contains("Mairie de Brest"), "{html}");
+        assert!(
+            !html.contains("France Services Rennes"),
+            "not a member: {html}"
+        );
+        assert!(
+            html.contains(&format!("mandate-{}", demo.mandate_id)),
+            "{html}"
+        );
+        assert!(
+            !html.contains(&format!("mandate-{brest_mandate}")),
+            "{html}"
+        );
+        let (_, hidden) = form(&html);
+        let switch = format!("{broker}/aidant/organisation");
+        let with = |hidden: &[(String, String)], org: &str| {
+            let mut f = hidden.to_vec();
+            f.push(("organisation".into(), org.into()));
+            f
+        };
+        let forged = vec![("csrf".to_string(), "forged".to_string())];
+
+        // Refused: wrong CSRF token, an organisation the aidant is not in.
+        let (_, status, _) = browser
+            .post(&switch, &with(&forged, &brest.id), &stop)
+            .await
+            .page();
+        assert_eq!(status, 403);
+        let (_, status, _) = browser
+            .post(&switch, &with(&hidden, &rennes.id), &stop)
+            .await
+            .page();
+        assert_eq!(status, 403);
+        // A stale sign-in: the code is asked again, nothing switched.
+        env.stack.state.advance_clock(16 * 60);
+        let (url, status, html) = browser
+            .post(&switch, &with(&hidden, &brest.id), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(
+            html.contains("name=\"totp\"") && !html.contains("name=\"email\""),
+            "{html}"
+        );
+        assert!(journal_of(store, "aidant.org_switched").await.is_empty());
+        let current = |a: relais::mandates::Aidant| a.current_org.unwrap();
+        assert_eq!(
+            current(
+                store
+                    .aidant_by_email(DEMO_AIDANT_EMAIL)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            ),
+            demo.org_id
+        );
+        let (action, mut fields) = form(&html);
+        fields.push(("totp".into(), demo_code(&env)));
+        let (_, status, html) = browser
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        // (The renewed sign-in is a new session: a new token.)
+        let (_, hidden) = form(&html);
+
+        // Switched.
+        let (url, status, html) = browser
+            .post(&switch, &with(&hidden, &brest.id), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.ends_with("/aidant"), "{url}");
+        assert!(
+            html.contains("<p id=\"current-org\">Mairie de Brest</p>"),
+            "{html}"
+        );
+        assert!(html.contains(&format!("mandate-{brest_mandate}")), "{html}");
+        assert!(
+            !html.contains(&format!("mandate-{}", demo.mandate_id)),
+            "{html}"
+        );
+        let switched = journal_of(store, "aidant.org_switched").await;
+        assert_eq!(switched.len(), 1);
+        assert_eq!(switched[0].actor, actor);
+        assert_eq!(switched[0].org_id.as_deref(), Some(brest.id.as_str()));
+        assert_eq!(
+            current(
+                store
+                    .aidant_by_email(DEMO_AIDANT_EMAIL)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            ),
+            brest.id
+        );
+
+        // The delegated sign-in (same browser) acts for the new organisation.
+        let rp = Rp::demo(&env).await;
+        let auth = rp.authorize(SCOPES, &[]);
+        let (choice, _, _) = browser.go(&auth.url, &stop).await.page();
+        let (_, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("Mairie de Brest"), "{html}");
+        assert!(html.contains(&format!("{brest_mandate}:famille")), "{html}");
+        assert!(!html.contains(&demo.mandate_id), "{html}");
+        let t = demo_delegated(&env, &rp, &browser, &format!("{brest_mandate}:famille")).await;
+        assert_eq!(t.claims["act"]["siret"], json!(SIRET_B));
+        assert_eq!(t.claims["mandate"]["id"], json!(brest_mandate));
+
+        // Attestation views are journalled, for the current organisation's
+        // mandates only.
+        assert!(journal_of(store, "mandate.attestation_viewed")
+            .await
+            .is_empty());
+        let (_, status, html) = browser
+            .go(
+                &format!("{broker}/aidant/mandats/{brest_mandate}/attestation"),
+                &stop,
+            )
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("aidant-logout"), "{html}");
+        let (_, status, _) = browser
+            .go(
+                &format!("{broker}/aidant/mandats/{}/attestation", demo.mandate_id),
+                &stop,
+            )
+            .await
+            .page();
+        assert_eq!(status, 404, "another organisation's mandate");
+        let (_, status, html) = Browser::new()
+            .go(
+                &format!("{broker}/aidant/mandats/{brest_mandate}/attestation"),
+                &stop,
+            )
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(html.contains("name=\"password\""), "not signed in: {html}");
+        let viewed = journal_of(store, "mandate.attestation_viewed").await;
+        assert_eq!(viewed.len(), 1, "{viewed:?}");
+        assert_eq!(viewed[0].actor, actor);
+        assert_eq!(viewed[0].org_id.as_deref(), Some(brest.id.as_str()));
+        let data: Value = serde_json::from_str(&viewed[0].data).unwrap();
+        assert_eq!(data["mandate_id"], json!(brest_mandate));
+        assert_eq!(data["attestation"], json!("mandate"));
+
+        // Revocation through the page, which shows the revocation attestation.
+        let (_, _, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        let (_, hidden) = form(&html);
+        let (url, status, html) = browser
+            .post(
+                &format!("{broker}/aidant/mandats/{brest_mandate}/revoquer"),
+                &hidden,
+                &stop,
+            )
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.ends_with("/revocation"), "{url}");
+        let viewed = journal_of(store, "mandate.attestation_viewed").await;
+        assert_eq!(viewed.len(), 2, "{viewed:?}");
+        assert_eq!(viewed[1].actor, actor);
+        let data: Value = serde_json::from_str(&viewed[1].data).unwrap();
+        assert_eq!(data["mandate_id"], json!(brest_mandate));
+        assert_eq!(data["attestation"], json!("revocation"));
+        assert_eq!(journal_of(store, "mandate.revoked").await.len(), 1);
         env.cleanup().await;
     }
 }

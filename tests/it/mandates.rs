@@ -7,7 +7,10 @@
 use crate::common::*;
 use relais::crypto::{keys, Alg, KeySet};
 use relais::mandates::journal::{self, Event, JournalError};
-use relais::mandates::{totp, Actor, LoginError, MandateError, NewAidant, NewMandate, Role, Salt};
+use relais::mandates::{
+    default_domains, totp, Actor, LoginError, MandateError, NewAidant, NewMandate, Role, Salt,
+    TotpKey,
+};
 use relais::store::{Backend, Store};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
@@ -92,6 +95,14 @@ impl Db {
         }
     }
 
+    /// One text value read with raw SQL.
+    async fn text(&self, sql: &str) -> String {
+        match self.store.backend() {
+            Backend::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Backend::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
     async fn close(self) {
         if let Some((url, s)) = self.schema {
             let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -106,6 +117,10 @@ impl Db {
 
 fn salt() -> Salt {
     Salt::new(b"a test deployment salt, 32 bytes").unwrap()
+}
+
+fn key() -> TotpKey {
+    TotpKey::new(b"a test TOTP encryption key, 32 b").unwrap()
 }
 
 fn sha(text: &str) -> String {
@@ -132,6 +147,7 @@ async fn org_and_aidant(s: &Store, email: &str) -> (String, String, String) {
             },
             &Actor::Admin,
             &salt(),
+            &key(),
             NOW,
         )
         .await
@@ -179,7 +195,7 @@ async fn organisations_need_a_valid_unique_siret() {
         );
         assert!(org.domains.is_empty());
         assert_eq!(
-            org.allowed_domains(),
+            org.allowed_domains(&default_domains()),
             relais::mandates::DEFAULT_DOMAINS.map(String::from).to_vec()
         );
         for bad in [
@@ -260,7 +276,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
             role: Role::Aidant,
         };
         let created = s
-            .create_aidant(&new, &Actor::Admin, &salt(), NOW)
+            .create_aidant(&new, &Actor::Admin, &salt(), &key(), NOW)
             .await
             .unwrap();
         let email = "marie.dupont@mairie-rennes.fr";
@@ -271,21 +287,25 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
         )));
         let secret = created.totp_secret.clone();
         // Refused creations.
-        let r = s.create_aidant(&new, &Actor::Admin, &salt(), NOW).await;
+        let r = s
+            .create_aidant(&new, &Actor::Admin, &salt(), &key(), NOW)
+            .await;
         assert!(matches!(r, Err(MandateError::Conflict(_))), "{r:?}");
         let short = NewAidant {
             email: "x@mairie.fr",
             password: "short",
             ..new.clone()
         };
-        let r = s.create_aidant(&short, &Actor::Admin, &salt(), NOW).await;
+        let r = s
+            .create_aidant(&short, &Actor::Admin, &salt(), &key(), NOW)
+            .await;
         assert!(matches!(r, Err(MandateError::Invalid(_))), "{r:?}");
         let bad_email = NewAidant {
             email: "not-an-email",
             ..new.clone()
         };
         let r = s
-            .create_aidant(&bad_email, &Actor::Admin, &salt(), NOW)
+            .create_aidant(&bad_email, &Actor::Admin, &salt(), &key(), NOW)
             .await;
         assert!(matches!(r, Err(MandateError::Invalid(_))), "{r:?}");
         let no_org = NewAidant {
@@ -293,7 +313,9 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
             org_id: "nope",
             ..new.clone()
         };
-        let r = s.create_aidant(&no_org, &Actor::Admin, &salt(), NOW).await;
+        let r = s
+            .create_aidant(&no_org, &Actor::Admin, &salt(), &key(), NOW)
+            .await;
         assert!(matches!(r, Err(MandateError::NotFound(_))), "{r:?}");
 
         let stored = s.aidant_by_email(email).await.unwrap().unwrap();
@@ -315,27 +337,32 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
         };
         assert!(phc.starts_with("$argon2id$"), "{phc}");
         assert!(!phc.contains(PASSWORD));
-        assert_eq!(stored_secret, secret);
+        // Encrypted at rest, readable with the deployment's key only.
+        assert!(stored_secret.starts_with("v1:") && !stored_secret.contains(&secret));
+        assert_eq!(
+            key().open(&created.id, &stored_secret).unwrap().secret(),
+            secret
+        );
 
         let t = NOW;
         let code = totp::code_at(&secret, t).unwrap();
         refused(
-            s.verify_password_and_totp(email, PASSWORD, &wrong_code(&secret, t), t)
+            s.verify_password_and_totp(email, PASSWORD, &wrong_code(&secret, t), &key(), t)
                 .await,
             "wrong code",
         );
         refused(
-            s.verify_password_and_totp(email, "wrong password!", &code, t)
+            s.verify_password_and_totp(email, "wrong password!", &code, &key(), t)
                 .await,
             "wrong password",
         );
         refused(
-            s.verify_password_and_totp("nobody@mairie.fr", PASSWORD, &code, t)
+            s.verify_password_and_totp("nobody@mairie.fr", PASSWORD, &code, &key(), t)
                 .await,
             "unknown e-mail",
         );
         refused(
-            s.verify_password_and_totp("not an email", PASSWORD, &code, t)
+            s.verify_password_and_totp("not an email", PASSWORD, &code, &key(), t)
                 .await,
             "malformed e-mail",
         );
@@ -349,7 +376,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
             "{name}: failures are counted per account"
         );
         let login = s
-            .verify_password_and_totp("MARIE.DUPONT@mairie-rennes.fr", PASSWORD, &code, t)
+            .verify_password_and_totp("MARIE.DUPONT@mairie-rennes.fr", PASSWORD, &code, &key(), t)
             .await
             .unwrap();
         assert_eq!(login.aidant_id, created.id);
@@ -359,7 +386,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
         assert_eq!((a.failed_attempts, a.totp_last_step), (0, totp::step_at(t)));
         // The same code cannot be used twice, nor an older one.
         refused(
-            s.verify_password_and_totp(email, PASSWORD, &code, t + 5)
+            s.verify_password_and_totp(email, PASSWORD, &code, &key(), t + 5)
                 .await,
             "replayed code",
         );
@@ -368,6 +395,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
                 email,
                 PASSWORD,
                 &totp::code_at(&secret, t - 30).unwrap(),
+                &key(),
                 t,
             )
             .await,
@@ -375,17 +403,29 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
         );
         // The next step's code works.
         let t2 = t + 30;
-        s.verify_password_and_totp(email, PASSWORD, &totp::code_at(&secret, t2).unwrap(), t2)
-            .await
-            .unwrap();
+        s.verify_password_and_totp(
+            email,
+            PASSWORD,
+            &totp::code_at(&secret, t2).unwrap(),
+            &key(),
+            t2,
+        )
+        .await
+        .unwrap();
 
         // Lockout: 5 failures lock the account for 15 minutes, even for
         // correct credentials.
         let t3 = t + 600;
         for i in 0..5 {
             refused(
-                s.verify_password_and_totp(email, PASSWORD, &wrong_code(&secret, t3), t3 + i)
-                    .await,
+                s.verify_password_and_totp(
+                    email,
+                    PASSWORD,
+                    &wrong_code(&secret, t3),
+                    &key(),
+                    t3 + i,
+                )
+                .await,
                 "wrong code",
             );
         }
@@ -398,6 +438,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
                     email,
                     PASSWORD,
                     &totp::code_at(&secret, at).unwrap(),
+                    &key(),
                     at,
                 )
                 .await,
@@ -418,6 +459,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
             email,
             PASSWORD,
             &totp::code_at(&secret, after).unwrap(),
+            &key(),
             after,
         )
         .await
@@ -426,7 +468,7 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
         let t4 = after + 300;
         for i in 0..4 {
             refused(
-                s.verify_password_and_totp(email, "nope nope nope", "000000", t4 + i)
+                s.verify_password_and_totp(email, "nope nope nope", "000000", &key(), t4 + i)
                     .await,
                 "wrong",
             );
@@ -435,13 +477,14 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
             email,
             PASSWORD,
             &totp::code_at(&secret, t4 + 4).unwrap(),
+            &key(),
             t4 + 4,
         )
         .await
         .unwrap();
         for i in 0..4 {
             refused(
-                s.verify_password_and_totp(email, "nope nope nope", "000000", t4 + 40 + i)
+                s.verify_password_and_totp(email, "nope nope nope", "000000", &key(), t4 + 40 + i)
                     .await,
                 "wrong",
             );
@@ -451,24 +494,36 @@ async fn aidant_sign_in_password_totp_replay_and_lockout() {
 
         // TOTP reset: the old secret stops working, the new one works, the
         // account is unlocked.
-        let reset = s.reset_totp(email, &Actor::Admin, t4 + 100).await.unwrap();
+        let reset = s
+            .reset_totp(email, &Actor::Admin, &key(), t4 + 100)
+            .await
+            .unwrap();
         assert_ne!(reset.totp_secret, secret);
         assert_eq!(reset.id, created.id);
         let t5 = t4 + 200;
         refused(
-            s.verify_password_and_totp(email, PASSWORD, &totp::code_at(&secret, t5).unwrap(), t5)
-                .await,
+            s.verify_password_and_totp(
+                email,
+                PASSWORD,
+                &totp::code_at(&secret, t5).unwrap(),
+                &key(),
+                t5,
+            )
+            .await,
             "old secret",
         );
         s.verify_password_and_totp(
             email,
             PASSWORD,
             &totp::code_at(&reset.totp_secret, t5 + 30).unwrap(),
+            &key(),
             t5 + 30,
         )
         .await
         .unwrap();
-        let r = s.reset_totp("nobody@mairie.fr", &Actor::Admin, t5).await;
+        let r = s
+            .reset_totp("nobody@mairie.fr", &Actor::Admin, &key(), t5)
+            .await;
         assert!(matches!(r, Err(MandateError::NotFound(_))), "{r:?}");
 
         // The journal has the actions, never the e-mail or name in clear.
@@ -532,6 +587,7 @@ async fn mandates_replace_expire_and_revoke() {
                 },
                 &Actor::Admin,
                 &salt(),
+                &key(),
                 NOW,
             )
             .await
@@ -562,6 +618,7 @@ async fn mandates_replace_expire_and_revoke() {
                         consent_version: "v1",
                         consent_hash: &consent,
                     },
+                    &default_domains(),
                     at,
                 )
                 .await
@@ -829,6 +886,7 @@ async fn concurrent_mandates_leave_one_active_authorisation() {
                         consent_version: "v1",
                         consent_hash: "h",
                     },
+                    &default_domains(),
                     NOW + i,
                 )
                 .await
@@ -1199,6 +1257,20 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
         assert!(!ok && err.contains("invalid SIRET"), "{err}");
         let (ok, out, err) = run(&["aidants", "org-list"], None);
         assert!(ok && out.contains(SIRET_A), "{out}{err}");
+        let (ok, _, err) = run(
+            &[
+                "aidants",
+                "org-create",
+                "--name",
+                "Impots",
+                "--siret",
+                SIRET_B,
+                "--domains",
+                "social,impots",
+            ],
+            None,
+        );
+        assert!(!ok && err.contains("not in the configured list"), "{err}");
 
         let (ok, out, err) = run(
             &[
@@ -1232,6 +1304,7 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
                 "cli.aidant@mairie.fr",
                 PASSWORD,
                 &totp::code_at(&secret, now).unwrap(),
+                &TotpKey::in_keys_dir(&keys_dir).unwrap(),
                 now,
             )
             .await
@@ -1328,6 +1401,7 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
                     consent_version: "v1",
                     consent_hash: "abc",
                 },
+                &default_domains(),
                 now,
             )
             .await
@@ -1408,6 +1482,88 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
             assert_eq!(mode & 0o777, 0o600);
         }
 
+        // TOTP secrets are encrypted with {keys_dir}/totp-key.
+        let key_file = keys_dir.join("totp-key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let stored = d
+            .text("SELECT totp_secret FROM aidants WHERE email = 'cli.aidant@mairie.fr'")
+            .await;
+        assert!(
+            stored.starts_with("v1:") && !stored.contains(new_secret),
+            "{stored}"
+        );
+        // A row stored in clear by an older version is converted, once.
+        d.exec(&format!(
+            "UPDATE aidants SET totp_secret = '{new_secret}' WHERE email = 'r@mairie.fr'"
+        ))
+        .await
+        .unwrap();
+        let (ok, out, err) = run(&["aidants", "encrypt-secrets"], None);
+        assert!(
+            ok && out.contains("1 TOTP secret(s) encrypted"),
+            "{out}{err}"
+        );
+        let (ok, out, err) = run(&["aidants", "encrypt-secrets"], None);
+        assert!(
+            ok && out.contains("0 TOTP secret(s) encrypted"),
+            "{out}{err}"
+        );
+        assert!(d
+            .text("SELECT totp_secret FROM aidants WHERE email = 'r@mairie.fr'")
+            .await
+            .starts_with("v1:"));
+
+        // Retention purge: the mandate is recent, nobody is purged.
+        let (ok, out, err) = run(&["aidants", "purge"], None);
+        assert!(
+            ok && out.contains("0 usager(s)") && out.contains("1825 days"),
+            "{out}{err}"
+        );
+        let (ok, _, err) = run(&["aidants", "purge", "--retention-days", "0"], None);
+        assert!(!ok && err.contains("at least 1 day"), "{err}");
+
+        // Deactivating the organisation stops its mandates at once.
+        assert!(d
+            .store
+            .active_authorisation(&m.id, "papiers", now)
+            .await
+            .unwrap());
+        let (ok, out, err) = run(&["aidants", "org-deactivate", "--siret", SIRET_A], None);
+        assert!(ok && out.contains("deactivated"), "{out}{err}");
+        assert!(!d
+            .store
+            .active_authorisation(&m.id, "papiers", now)
+            .await
+            .unwrap());
+        let (ok, out, err) = run(&["aidants", "org-list"], None);
+        assert!(ok && out.contains("inactive"), "{out}{err}");
+        let (ok, out, err) = run(&["aidants", "org-deactivate", "--siret", SIRET_A], None);
+        assert!(ok && out.contains("already inactive"), "{out}{err}");
+        let (ok, _, err) = run(&["aidants", "org-deactivate", "--siret", SIRET_B], None);
+        assert!(!ok && err.contains("no organisation"), "{err}");
+        // An enrolment link instead of the secret.
+        let (ok, out, err) = run(
+            &[
+                "aidants",
+                "reset-totp",
+                "--email",
+                "r@mairie.fr",
+                "--enrolment-link",
+            ],
+            None,
+        );
+        assert!(
+            ok && out.contains("http://127.0.0.1:1/aidant/enrolment/") && !out.contains("secret:"),
+            "{out}{err}"
+        );
+        let (ok, out, err) = run(&["journal", "verify"], None);
+        assert!(ok, "{out}{err}");
+
         // Tamper with the database directly: verify fails, naming the entry.
         d.drop_append_only_triggers().await;
         d.exec("UPDATE journal SET data = replace(data, 'papiers', 'famille') WHERE kind = 'mandate.created'")
@@ -1429,5 +1585,742 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
             "{name}: {err}"
         );
         d.close().await;
+    }
+}
+
+/// An aidant with a known password in organisation `org_id`.
+async fn aidant_in(s: &Store, org_id: &str, email: &str) -> (String, String) {
+    let a = s
+        .create_aidant(
+            &NewAidant {
+                email,
+                name: "Aidant",
+                password: PASSWORD,
+                org_id,
+                role: Role::Aidant,
+            },
+            &Actor::Admin,
+            &salt(),
+            &key(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    (a.id, a.totp_secret)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_secrets_are_encrypted_at_rest() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let name = d.name();
+        let (org, a_id, a_secret) = org_and_aidant(s, "a@mairie.fr").await;
+        let (b_id, b_secret) = aidant_in(s, &org, "b@mairie.fr").await;
+        let column = |id: &str| format!("SELECT totp_secret FROM aidants WHERE id = '{id}'");
+        // The column holds neither the base32 secret nor its bytes.
+        let stored_a = d.text(&column(&a_id)).await;
+        assert!(stored_a.starts_with("v1:"), "{name}: {stored_a}");
+        assert!(!stored_a.contains(&a_secret), "{name}: {stored_a}");
+        assert_ne!(stored_a, d.text(&column(&b_id)).await);
+        // Sign-in still works (password + code, and code alone).
+        let t = NOW + 60;
+        let login = s
+            .verify_password_and_totp(
+                "a@mairie.fr",
+                PASSWORD,
+                &totp::code_at(&a_secret, t).unwrap(),
+                &key(),
+                t,
+            )
+            .await
+            .unwrap();
+        assert_eq!(login.aidant_id, a_id);
+        let t = t + 30;
+        s.verify_totp(
+            &a_id,
+            &totp::code_at(&a_secret, t).unwrap(),
+            "test",
+            &key(),
+            t,
+        )
+        .await
+        .unwrap();
+        // Another deployment's key cannot read it: an error, not a sign-in.
+        let other = TotpKey::new(&[5u8; 32]).unwrap();
+        let t = t + 30;
+        let r = s
+            .verify_password_and_totp(
+                "a@mairie.fr",
+                PASSWORD,
+                &totp::code_at(&a_secret, t).unwrap(),
+                &other,
+                t,
+            )
+            .await;
+        assert!(matches!(r, Err(LoginError::Store(_))), "{name}: {r:?}");
+        // A's row copied onto B does not decrypt for B: neither A's nor B's
+        // codes sign B in.
+        d.exec(&format!(
+            "UPDATE aidants SET totp_secret = '{stored_a}' WHERE id = '{b_id}'"
+        ))
+        .await
+        .unwrap();
+        let t = t + 30;
+        for secret in [&a_secret, &b_secret] {
+            let r = s
+                .verify_password_and_totp(
+                    "b@mairie.fr",
+                    PASSWORD,
+                    &totp::code_at(secret, t).unwrap(),
+                    &key(),
+                    t,
+                )
+                .await;
+            assert!(r.is_err(), "{name}: copied secret accepted: {r:?}");
+            let r = s
+                .verify_totp(&b_id, &totp::code_at(secret, t).unwrap(), "test", &key(), t)
+                .await;
+            assert!(r.is_err(), "{name}: copied secret accepted: {r:?}");
+        }
+        // A is unaffected.
+        s.verify_password_and_totp(
+            "a@mairie.fr",
+            PASSWORD,
+            &totp::code_at(&a_secret, t).unwrap(),
+            &key(),
+            t,
+        )
+        .await
+        .unwrap();
+        // reset-totp writes an encrypted secret too, and fixes B.
+        let reset = s
+            .reset_totp("b@mairie.fr", &Actor::Admin, &key(), t)
+            .await
+            .unwrap();
+        let stored_b = d.text(&column(&b_id)).await;
+        assert!(stored_b.starts_with("v1:") && !stored_b.contains(&reset.totp_secret));
+        let t = t + 30;
+        s.verify_password_and_totp(
+            "b@mairie.fr",
+            PASSWORD,
+            &totp::code_at(&reset.totp_secret, t).unwrap(),
+            &key(),
+            t,
+        )
+        .await
+        .unwrap();
+
+        // Rows written before encryption (plain base32) still work, and are
+        // encrypted by the sign-in that uses them.
+        let (c_id, c_secret) = aidant_in(s, &org, "c@mairie.fr").await;
+        let (e_id, e_secret) = aidant_in(s, &org, "e@mairie.fr").await;
+        for (id, secret) in [(&c_id, &c_secret), (&e_id, &e_secret)] {
+            d.exec(&format!(
+                "UPDATE aidants SET totp_secret = '{secret}' WHERE id = '{id}'"
+            ))
+            .await
+            .unwrap();
+        }
+        assert_eq!(d.text(&column(&c_id)).await, c_secret);
+        s.verify_password_and_totp(
+            "c@mairie.fr",
+            PASSWORD,
+            &totp::code_at(&c_secret, t).unwrap(),
+            &key(),
+            t,
+        )
+        .await
+        .unwrap();
+        let stored_c = d.text(&column(&c_id)).await;
+        assert!(
+            stored_c.starts_with("v1:") && !stored_c.contains(&c_secret),
+            "{name}: {stored_c}"
+        );
+        // The conversion command handles the rest, once.
+        assert_eq!(
+            s.encrypt_totp_secrets(&key(), &Actor::Admin, t)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.encrypt_totp_secrets(&key(), &Actor::Admin, t)
+                .await
+                .unwrap(),
+            0
+        );
+        let stored_e = d.text(&column(&e_id)).await;
+        assert!(
+            stored_e.starts_with("v1:") && !stored_e.contains(&e_secret),
+            "{name}: {stored_e}"
+        );
+        let t = t + 30;
+        for (email, secret) in [("c@mairie.fr", &c_secret), ("e@mairie.fr", &e_secret)] {
+            s.verify_password_and_totp(
+                email,
+                PASSWORD,
+                &totp::code_at(secret, t).unwrap(),
+                &key(),
+                t,
+            )
+            .await
+            .unwrap();
+        }
+        let entries = s.journal_page(0, 1000).await.unwrap();
+        let conv: Vec<_> = entries
+            .iter()
+            .filter(|e| e.kind == "aidants.totp_secrets_encrypted")
+            .collect();
+        assert_eq!(conv.len(), 1, "{name}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&conv[0].data).unwrap()["count"],
+            1
+        );
+        journal::verify(s).await.unwrap();
+        d.close().await;
+    }
+}
+
+/// A mandate for `usager` created at `at` for `days`.
+async fn mandate_at(
+    s: &Store,
+    org: &str,
+    aidant: &str,
+    usager: &str,
+    at: i64,
+    days: i64,
+) -> String {
+    s.create_mandate(
+        &NewMandate {
+            org_id: org,
+            usager_id: usager,
+            aidant_id: aidant,
+            domains: &["social"],
+            duration_days: days,
+            consent_version: "v1",
+            consent_hash: "abc",
+        },
+        &default_domains(),
+        at,
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_purge_removes_usager_personal_data_only() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let name = d.name();
+        let (org, aidant, _) = org_and_aidant(s, "a@mairie.fr").await;
+        let long_ago = NOW - 2000 * DAY;
+        let mut usagers = Vec::new();
+        for n in [
+            "old", "revoked", "recent", "active", "mixed", "none_old", "none_new",
+        ] {
+            let at = if n == "none_new" { NOW - DAY } else { long_ago };
+            let id = s
+                .upsert_usager(&format!("key-{n}"), &salt(), at)
+                .await
+                .unwrap();
+            s.set_usager_claims(&id, &json!({"given_name": n}).to_string())
+                .await
+                .unwrap();
+            usagers.push((n, id));
+        }
+        let id = |n: &str| usagers.iter().find(|u| u.0 == n).unwrap().1.clone();
+        // Ended 1970 days ago.
+        mandate_at(s, &org, &aidant, &id("old"), long_ago, 30).await;
+        // Would run for a year but revoked after 10 days (1890 days ago).
+        let m = mandate_at(s, &org, &aidant, &id("revoked"), NOW - 1900 * DAY, 366).await;
+        s.revoke_mandate(&m, &Actor::Admin, NOW - 1890 * DAY)
+            .await
+            .unwrap();
+        // Ended 100 days ago: kept.
+        mandate_at(s, &org, &aidant, &id("recent"), NOW - 130 * DAY, 30).await;
+        // Still active: kept.
+        mandate_at(s, &org, &aidant, &id("active"), NOW - DAY, 30).await;
+        // One old mandate, one still active: kept.
+        mandate_at(s, &org, &aidant, &id("mixed"), long_ago, 30).await;
+        mandate_at(s, &org, &aidant, &id("mixed"), NOW - DAY, 30).await;
+        let journal_before = s.journal_page(0, 1000).await.unwrap();
+        let refused = s.purge_usagers(0, &Actor::Admin, NOW).await;
+        assert!(
+            matches!(refused, Err(MandateError::Invalid(_))),
+            "{refused:?}"
+        );
+
+        let n = s.purge_usagers(1825, &Actor::Admin, NOW).await.unwrap();
+        assert_eq!(n, 3, "{name}");
+        for gone in ["old", "revoked", "none_old"] {
+            let (key, claims) = s.usager(&id(gone)).await.unwrap().unwrap();
+            assert_eq!(key, format!("purged:{}", id(gone)), "{name}: {gone}");
+            assert_eq!(claims, None, "{name}: {gone}");
+            assert_eq!(
+                s.usager_by_identity_key(&format!("key-{gone}"))
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert_eq!(s.usager_purged_at(&id(gone)).await.unwrap(), Some(NOW));
+        }
+        for kept in ["recent", "active", "mixed", "none_new"] {
+            let (key, claims) = s.usager(&id(kept)).await.unwrap().unwrap();
+            assert_eq!(key, format!("key-{kept}"), "{name}: {kept}");
+            assert!(claims.unwrap().contains(kept));
+            assert_eq!(s.usager_purged_at(&id(kept)).await.unwrap(), None);
+        }
+        // The mandates stay, under the usager's random id only.
+        assert_eq!(s.usager_mandates(&id("revoked")).await.unwrap().len(), 1);
+        // The journal is untouched (only one entry added) and verifies.
+        let after = s.journal_page(0, 1000).await.unwrap();
+        assert_eq!(after[..journal_before.len()], journal_before[..]);
+        assert_eq!(after.len(), journal_before.len() + 1);
+        let entry = after.last().unwrap();
+        assert_eq!(
+            (entry.kind.as_str(), entry.actor.as_str()),
+            ("usagers.purged", "admin:cli")
+        );
+        let data: Value = serde_json::from_str(&entry.data).unwrap();
+        assert_eq!(
+            (data["usagers"].as_i64(), data["mandates"].as_i64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(data["retention_days"], 1825);
+        assert!(!entry.data.contains("key-"), "counts only: {}", entry.data);
+        assert_eq!(journal::verify(s).await.unwrap(), after.len() as u64);
+        // Nothing left to purge; a shorter period takes the recent one too.
+        assert_eq!(s.purge_usagers(1825, &Actor::Admin, NOW).await.unwrap(), 0);
+        assert_eq!(s.purge_usagers(90, &Actor::Admin, NOW).await.unwrap(), 1);
+        assert_eq!(s.usager(&id("recent")).await.unwrap().unwrap().1, None);
+        // The same person coming back is a new usager.
+        let again = s.upsert_usager("key-old", &salt(), NOW).await.unwrap();
+        assert_ne!(again, id("old"));
+        journal::verify(s).await.unwrap();
+        d.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deactivated_organisation_authorises_nothing() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let (org, aidant, _) = org_and_aidant(s, "a@mairie.fr").await;
+        let u = s.upsert_usager("key-u", &salt(), NOW).await.unwrap();
+        let m = mandate_at(s, &org, &aidant, &u, NOW, 30).await;
+        assert!(s.active_authorisation(&m, "social", NOW + 1).await.unwrap());
+        assert!(s
+            .set_organisation_active(&org, false, &Actor::Admin, NOW + 2)
+            .await
+            .unwrap());
+        assert!(!s
+            .set_organisation_active(&org, false, &Actor::Admin, NOW + 2)
+            .await
+            .unwrap());
+        assert!(!s.organisation(&org).await.unwrap().unwrap().active);
+        assert!(!s.active_authorisation(&m, "social", NOW + 3).await.unwrap());
+        let r = s
+            .create_mandate(
+                &NewMandate {
+                    org_id: &org,
+                    usager_id: &u,
+                    aidant_id: &aidant,
+                    domains: &["papiers"],
+                    duration_days: 30,
+                    consent_version: "v1",
+                    consent_hash: "abc",
+                },
+                &default_domains(),
+                NOW + 3,
+            )
+            .await;
+        assert!(
+            matches!(r, Err(MandateError::Invalid(ref m)) if m.contains("not active")),
+            "{r:?}"
+        );
+        assert!(matches!(
+            s.set_organisation_active("nope", false, &Actor::Admin, NOW)
+                .await,
+            Err(MandateError::NotFound(_))
+        ));
+        assert!(s
+            .set_organisation_active(&org, true, &Actor::Admin, NOW + 4)
+            .await
+            .unwrap());
+        assert!(s.active_authorisation(&m, "social", NOW + 5).await.unwrap());
+        let kinds: Vec<String> = s
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .filter(|k| k.starts_with("organisation."))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "organisation.created",
+                "organisation.deactivated",
+                "organisation.activated"
+            ]
+        );
+        d.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn journal_head_signed_when_due() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let name = d.name();
+        let dir = d.dir.join("keys-citizen");
+        keys::generate(&dir, Alg::ES256, None).unwrap();
+        let set = Arc::new(KeySet::load(&dir).unwrap());
+        let key = set.signer(Alg::ES256).unwrap();
+        const HOUR: i64 = 3600;
+        // Empty journal: nothing to sign.
+        assert_eq!(
+            journal::sign_head_if_due(s, key, NOW, HOUR).await.unwrap(),
+            None
+        );
+        let (_, _, _) = org_and_aidant(s, "a@mairie.fr").await;
+        // No head yet: signed at once.
+        let first = journal::sign_head_if_due(s, key, NOW + 10, HOUR)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Some((first.seq, first.hash.clone())),
+            s.journal_last().await.unwrap()
+        );
+        // Not grown: nothing, however late.
+        assert_eq!(
+            journal::sign_head_if_due(s, key, NOW + 10 * HOUR, HOUR)
+                .await
+                .unwrap(),
+            None
+        );
+        // Grown, but the last head is recent: nothing yet.
+        s.upsert_usager("key-u", &salt(), NOW + 20).await.unwrap();
+        assert_eq!(
+            journal::sign_head_if_due(s, key, NOW + 10 + HOUR - 1, HOUR)
+                .await
+                .unwrap(),
+            None
+        );
+        // Grown and due.
+        let second = journal::sign_head_if_due(s, key, NOW + 10 + HOUR, HOUR)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.seq, first.seq + 1, "{name}");
+        assert_eq!(second.at, NOW + 10 + HOUR);
+        assert_eq!(
+            journal::sign_head_if_due(s, key, NOW + 20 * HOUR, HOUR)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.journal_heads().await.unwrap().len(), 2);
+        let r = journal::verify_with_keys(s, &[set]).await.unwrap();
+        assert_eq!(
+            (r.heads, r.signatures_verified, r.unknown_keys),
+            (2, 2, 0),
+            "{name}"
+        );
+        d.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployment_domain_list_bounds_mandates() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let (org, aidant, _) = org_and_aidant(s, "a@mairie.fr").await;
+        let u = s.upsert_usager("key-u", &salt(), NOW).await.unwrap();
+        let deployment: Vec<String> = vec!["impots".into(), "social".into()];
+        fn with<'a>(
+            domains: &'a [&'a str],
+            org_id: &'a str,
+            usager_id: &'a str,
+            aidant_id: &'a str,
+        ) -> NewMandate<'a> {
+            NewMandate {
+                org_id,
+                usager_id,
+                aidant_id,
+                domains,
+                duration_days: 30,
+                consent_version: "v1",
+                consent_hash: "abc",
+            }
+        }
+        // An organisation without a list of its own gets the deployment's.
+        let o = s.organisation(&org).await.unwrap().unwrap();
+        assert_eq!(o.allowed_domains(&deployment), deployment);
+        s.create_mandate(&with(&["impots"], &org, &u, &aidant), &deployment, NOW)
+            .await
+            .unwrap();
+        let r = s
+            .create_mandate(&with(&["papiers"], &org, &u, &aidant), &deployment, NOW)
+            .await;
+        assert!(
+            matches!(r, Err(MandateError::Invalid(ref m)) if m.contains("papiers")),
+            "{r:?}"
+        );
+        // An organisation's own list only counts within the deployment's.
+        let b = s
+            .create_organisation(
+                "B",
+                SIRET_B,
+                &["social".into(), "papiers".into()],
+                &Actor::Admin,
+                NOW,
+            )
+            .await
+            .unwrap();
+        assert_eq!(b.allowed_domains(&deployment), ["social"]);
+        s.add_aidant_to_org(&aidant, &b.id, Role::Aidant, &Actor::Admin, NOW)
+            .await
+            .unwrap();
+        let r = s
+            .create_mandate(&with(&["papiers"], &b.id, &u, &aidant), &deployment, NOW)
+            .await;
+        assert!(matches!(r, Err(MandateError::Invalid(_))), "{r:?}");
+        s.create_mandate(
+            &with(&["papiers"], &b.id, &u, &aidant),
+            &default_domains(),
+            NOW,
+        )
+        .await
+        .unwrap();
+        d.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_signs_journal_heads_periodically() {
+    for db in databases() {
+        let env = Env::start_with(
+            db,
+            String::new(),
+            vec![(
+                "RELAIS__AIDANTS__JOURNAL_HEAD_INTERVAL_SECS".into(),
+                "1".into(),
+            )],
+            false,
+        )
+        .await;
+        let state = &env.stack.state;
+        let s = &state.store;
+        journal::append(
+            s,
+            Event {
+                kind: "test.entry",
+                actor: "admin:cli",
+                org_id: None,
+                data: json!({}),
+                personal: vec![],
+            },
+            &salt(),
+            state.now(),
+        )
+        .await
+        .unwrap();
+        let (last, _) = s.journal_last().await.unwrap().unwrap();
+        let mut signed = false;
+        for _ in 0..100 {
+            if s.journal_heads()
+                .await
+                .unwrap()
+                .iter()
+                .any(|h| h.seq == last)
+            {
+                signed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(signed, "no head signed for entry {last}");
+        let keys: Vec<Arc<KeySet>> = state.federations.iter().map(|f| f.keys.get()).collect();
+        let r = journal::verify_with_keys(s, &keys).await.unwrap();
+        assert!(r.signatures_verified >= 1 && r.unknown_keys == 0, "{r:?}");
+        // Not grown: no new head at the next intervals.
+        let heads = s.journal_heads().await.unwrap().len();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(s.journal_heads().await.unwrap().len(), heads);
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
+    for db in databases() {
+        let env = Env::start(db).await;
+        let state = &env.stack.state;
+        let s = &state.store;
+        let key = TotpKey::beside(&state.journal_salt_path).unwrap();
+        let now = state.now();
+        let email = "enrol@mairie.fr";
+        let org = s
+            .create_organisation("France Services", SIRET_A, &[], &Actor::Admin, now)
+            .await
+            .unwrap();
+        let created = s
+            .create_aidant(
+                &NewAidant {
+                    email,
+                    name: "Enrolée",
+                    password: PASSWORD,
+                    org_id: &org.id,
+                    role: Role::Aidant,
+                },
+                &Actor::Admin,
+                &salt(),
+                &key,
+                now,
+            )
+            .await
+            .unwrap();
+        let e = s
+            .issue_enrolment(email, &Actor::Admin, &key, now)
+            .await
+            .unwrap();
+        assert_eq!(e.expires_at, now + 72 * 3600);
+        let url = format!("{}/aidant/enrolment/{}", env.broker(), e.token);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("<svg") && html.contains("</svg>"), "{html}");
+        let secret = html
+            .split("id=\"totp-secret\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap()
+            .to_string();
+        assert!(totp::base32_decode(&secret).is_some_and(|k| k.len() == 20));
+        assert!(
+            unescape(&html).contains(&format!("otpauth://totp/Relais:{email}?secret={secret}&")),
+            "{html}"
+        );
+        // Until confirmed, neither the old secret nor the new one signs in.
+        state.advance_clock(30);
+        let t = state.now();
+        for sec in [&created.totp_secret, &secret] {
+            let r = s
+                .verify_password_and_totp(email, PASSWORD, &totp::code_at(sec, t).unwrap(), &key, t)
+                .await;
+            refused(r, "before confirmation");
+        }
+        // Wrong code or wrong password: the form again, 401, nothing changes.
+        for (password, code) in [
+            (PASSWORD, wrong_code(&secret, t)),
+            ("wrong password!!", totp::code_at(&secret, t).unwrap()),
+        ] {
+            let r = http
+                .post(&url)
+                .form(&[("password", password), ("totp", code.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+            assert!(r.text().await.unwrap().contains("enrolment-error"));
+        }
+        // Password and a first code: enrolled.
+        let r = http
+            .post(&url)
+            .form(&[
+                ("password", PASSWORD),
+                ("totp", totp::code_at(&secret, t).unwrap().as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("enrolment-done"));
+        // The link works once.
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+        // The code used to confirm is consumed; the next one signs in.
+        let r = s
+            .verify_password_and_totp(
+                email,
+                PASSWORD,
+                &totp::code_at(&secret, t).unwrap(),
+                &key,
+                t,
+            )
+            .await;
+        refused(r, "confirmation code replayed");
+        state.advance_clock(30);
+        let t = state.now();
+        s.verify_password_and_totp(
+            email,
+            PASSWORD,
+            &totp::code_at(&secret, t).unwrap(),
+            &key,
+            t,
+        )
+        .await
+        .unwrap();
+        // The database holds the token's hash only.
+        let count = |sql: String| async move {
+            let n: i64 = match s.backend() {
+                Backend::Sqlite(p) => sqlx::query_scalar(&sql).fetch_one(p).await.unwrap(),
+                Backend::Postgres(p) => sqlx::query_scalar(&sql).fetch_one(p).await.unwrap(),
+            };
+            n
+        };
+        let q =
+            |v: &str| format!("SELECT COUNT(*) FROM aidant_enrolments WHERE token_hash = '{v}'");
+        assert_eq!(count(q(&sha(&e.token))).await, 1);
+        assert_eq!(count(q(&e.token)).await, 0);
+        let kinds: Vec<String> = s
+            .journal_page(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"aidant.enrolment_issued".to_string()));
+        assert!(kinds.contains(&"aidant.totp_enrolled".to_string()));
+        // A link expires after 72 hours; a newer link replaces an older one.
+        let old = s
+            .issue_enrolment(email, &Actor::Admin, &key, t)
+            .await
+            .unwrap();
+        let newer = s
+            .issue_enrolment(email, &Actor::Admin, &key, t)
+            .await
+            .unwrap();
+        let link = |tok: &str| format!("{}/aidant/enrolment/{tok}", env.broker());
+        assert_eq!(
+            http.get(link(&old.token)).send().await.unwrap().status(),
+            404
+        );
+        assert_eq!(
+            http.get(link(&newer.token)).send().await.unwrap().status(),
+            200
+        );
+        state.advance_clock(72 * 3600 + 1);
+        assert_eq!(
+            http.get(link(&newer.token)).send().await.unwrap().status(),
+            404
+        );
+        assert_eq!(
+            http.get(link("not-a-token")).send().await.unwrap().status(),
+            404
+        );
+        env.cleanup().await;
     }
 }
