@@ -1241,58 +1241,41 @@ pub async fn consent_submit(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, AppError> {
-    // Single use: the interaction ends here. It is taken at once (one
-    // statement on the sign-in's hot path instead of a read then a delete);
-    // a request that may not use it puts it back untouched.
-    let lang = lang_from(&headers, None);
-    let Some((raw, expires_at)) = ctx
-        .app
-        .store
-        .take_entry(Kind::Interaction, &id, &ctx.fed.id, ctx.now())
-        .await?
-    else {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
-    };
-    let restore = || async {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    if form.get("decision") == Some("deny") {
         ctx.app
             .store
-            .put(Kind::Interaction, &id, &ctx.fed.id, &raw, expires_at)
-            .await
-            .map_err(AppError::from)
-    };
-    let inter: Interaction = serde_json::from_str(&raw).map_err(AppError::internal)?;
-    if cookies.session_id(&ctx.fed).as_deref() != Some(inter.session.as_str()) {
-        restore().await?;
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
-    }
-    let form = Params::parse(&body).unwrap_or_default();
-    if let Err(e) = check_csrf(&ctx, &inter, &form) {
-        restore().await?;
-        return Err(e);
-    }
-    if form.get("decision") == Some("deny") {
+            .delete(Kind::Interaction, &id, &ctx.fed.id)
+            .await?;
         tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = false, "consent refused");
         return Ok(redirect(&ctx.back_url(&inter.req, "access_denied")));
     }
-    let Some(client) = ctx.client(&inter.req.client_id) else {
-        restore().await?;
-        return Err(AppError::internal("client vanished"));
-    };
+    let client = ctx
+        .client(&inter.req.client_id)
+        .ok_or_else(|| AppError::internal("client vanished"))?;
     if client.cfg.kind == crate::config::ClientKind::Private && form.get("consent") != Some("yes") {
-        restore().await?;
         return Ok(redirect(
             &ctx.fed.url(&format!("/interaction/{id}/consent")),
         ));
     }
-    let authn = match session_authn(&ctx, &inter) {
-        Ok(a) => a,
-        Err(e) => {
-            // A mandate creation or an usager consultation: not for a
-            // service; its own pages go on with it.
-            restore().await?;
-            return Err(e);
-        }
-    };
+    let authn = session_authn(&ctx, &inter)?;
+    // Single use: the interaction ends here.
+    if ctx
+        .app
+        .store
+        .take(Kind::Interaction, &id, &ctx.fed.id, ctx.now())
+        .await?
+        .is_none()
+    {
+        return Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "interaction_expired",
+            None,
+        ));
+    }
     let sub = pairwise_sub(&ctx.fed.pairwise_secret, &client.sector, &authn.subject_key);
     // Explicit consents (private services) are recorded for audit; public
     // services only show information, nothing to record.

@@ -21,20 +21,35 @@ pub struct Store {
     breaker: std::sync::Arc<Breaker>,
 }
 
-/// Fail fast while the database is unreachable. Without it, every request
-/// would wait for the pool's acquire timeout (seconds) before its 503. After a
-/// connection failure the breaker opens for [`Breaker::OPEN_FOR`]: requests
-/// get `Unavailable` at once. When that time is over, one request (the probe)
-/// goes through; its success closes the breaker, its failure opens it again.
+/// Fail fast while PostgreSQL is unreachable. Without it, every request
+/// would wait for the pool's acquire timeout (seconds) before its 503. A lost
+/// connection (I/O error, SQLSTATE class 08, server shutting down) opens the
+/// breaker at once; pool timeouts open it after [`Breaker::TIMEOUTS`] in a
+/// row without a success in between (a busy pool alone should not shed
+/// load). While open (for [`Breaker::OPEN_FOR`]) requests get `Unavailable`
+/// at once; then one request (the probe) goes through: its success closes
+/// the breaker, its failure opens it again. SQLite (an embedded file) has no
+/// breaker.
 #[derive(Default)]
 pub struct Breaker {
+    enabled: bool,
     /// Milliseconds since `epoch` until which the breaker is open; 0: closed.
     open_until: std::sync::atomic::AtomicU64,
+    /// Pool timeouts since the last success.
+    timeouts: std::sync::atomic::AtomicU32,
     epoch: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Breaker {
     const OPEN_FOR: Duration = Duration::from_millis(500);
+    const TIMEOUTS: u32 = 3;
+
+    fn new(enabled: bool) -> Breaker {
+        Breaker {
+            enabled,
+            ..Breaker::default()
+        }
+    }
 
     fn now_ms(&self) -> u64 {
         let epoch = self.epoch.get_or_init(std::time::Instant::now);
@@ -60,40 +75,72 @@ impl Breaker {
             .is_err()
     }
 
+    fn open(&self) {
+        let until = self.now_ms() + Self::OPEN_FOR.as_millis() as u64;
+        self.open_until
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn observe<T, E: Failure>(&self, r: &std::result::Result<T, E>) {
         use std::sync::atomic::Ordering::Relaxed;
-        match r {
-            Ok(_) => {
+        if !self.enabled {
+            return;
+        }
+        match r.as_ref().err().map(Failure::kind) {
+            None => {
+                if self.timeouts.load(Relaxed) != 0 {
+                    self.timeouts.store(0, Relaxed);
+                }
                 if self.open_until.load(Relaxed) != 0 {
                     self.open_until.store(0, Relaxed);
                 }
             }
-            Err(e) if e.unreachable() => {
-                let until = self.now_ms() + Self::OPEN_FOR.as_millis() as u64;
-                self.open_until.store(until, Relaxed);
+            Some(FailureKind::Lost) => self.open(),
+            Some(FailureKind::Timeout) => {
+                if self.timeouts.fetch_add(1, Relaxed) + 1 >= Self::TIMEOUTS {
+                    self.open();
+                }
             }
-            Err(_) => {}
+            Some(FailureKind::Other) => {}
         }
     }
 }
 
-/// Errors that mean "the database cannot be reached".
+enum FailureKind {
+    /// The connection is gone: the database is unreachable.
+    Lost,
+    /// No connection within the pool's timeout (unreachable, or just busy).
+    Timeout,
+    Other,
+}
+
 trait Failure {
-    fn unreachable(&self) -> bool;
+    fn kind(&self) -> FailureKind;
 }
 
 impl Failure for sqlx::Error {
-    fn unreachable(&self) -> bool {
-        matches!(
-            self,
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
-        ) || matches!(self, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")))
+    fn kind(&self) -> FailureKind {
+        match self {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => FailureKind::Lost,
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                FailureKind::Lost
+            }
+            sqlx::Error::PoolTimedOut => FailureKind::Timeout,
+            _ => FailureKind::Other,
+        }
     }
 }
 
 impl Failure for StoreError {
-    fn unreachable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+    fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::Unavailable(_) => FailureKind::Timeout,
+            StoreError::Other(_) => FailureKind::Other,
+        }
     }
 }
 
@@ -261,7 +308,7 @@ impl Store {
                 .await?;
             Ok(Store {
                 backend: Backend::Postgres(pool),
-                breaker: Default::default(),
+                breaker: std::sync::Arc::new(Breaker::new(true)),
             })
         } else {
             let opts = SqliteConnectOptions::from_str(url)
@@ -281,7 +328,7 @@ impl Store {
                 .await?;
             Ok(Store {
                 backend: Backend::Sqlite(pool),
-                breaker: Default::default(),
+                breaker: std::sync::Arc::new(Breaker::new(false)),
             })
         }
     }
@@ -381,23 +428,6 @@ impl Store {
         let row: Option<(String, i64)> =
             on!(self, p => sqlx::query_as(&sql).bind(id).bind(fed).fetch_optional(p).await)?;
         Ok(row.filter(|r| r.1 > now).map(|r| r.0))
-    }
-
-    /// Like [`Store::take`], with the row's expiry (to put it back as it was).
-    pub async fn take_entry(
-        &self,
-        kind: Kind,
-        id: &str,
-        fed: &str,
-        now: i64,
-    ) -> Result<Option<(String, i64)>> {
-        let sql = format!(
-            "DELETE FROM {} WHERE id = $1 AND federation = $2 RETURNING data, expires_at",
-            kind.table()
-        );
-        let row: Option<(String, i64)> =
-            on!(self, p => sqlx::query_as(&sql).bind(id).bind(fed).fetch_optional(p).await)?;
-        Ok(row.filter(|r| r.1 > now))
     }
 
     pub async fn delete(&self, kind: Kind, id: &str, fed: &str) -> Result<()> {
