@@ -45,6 +45,9 @@ impl Default for AidantsConfig {
     }
 }
 
+/// Longest interval between automatic journal head signatures (31 days).
+pub const MAX_JOURNAL_HEAD_INTERVAL_SECS: u64 = 31 * 86_400;
+
 fn default_retention_days() -> u32 {
     1825
 }
@@ -489,6 +492,11 @@ impl Config {
         if !(1..=36_500).contains(&a.retention_days) {
             errs.push("aidants.retention_days must be 1 to 36500".into());
         }
+        if a.journal_head_interval_secs > MAX_JOURNAL_HEAD_INTERVAL_SECS {
+            errs.push(format!(
+                "aidants.journal_head_interval_secs must be at most {MAX_JOURNAL_HEAD_INTERVAL_SECS} (31 days)"
+            ));
+        }
         if a.domains.is_empty() {
             errs.push("aidants.domains: at least one domain".into());
         }
@@ -864,6 +872,13 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
                 "{list}: {e}"
             );
         }
+        let text = format!("{MIN}[aidants]\njournal_head_interval_secs = 2678401\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("journal_head_interval_secs"), "{e}");
+        let text = format!("{MIN}[aidants]\njournal_head_interval_secs = 2678400\n");
+        assert!(Config::from_toml_with_env(&text, vec![]).is_ok());
         let text = format!("{MIN}[aidants]\nretention_days = 0\n");
         let e = Config::from_toml_with_env(&text, vec![])
             .unwrap_err()

@@ -141,10 +141,7 @@ async fn serve_tls(listener: TcpListener, app: axum::Router, tls: Arc<rustls::Se
             }
         };
         let acceptor = acceptor.clone();
-        // The same ConnectInfo as on plain HTTP (aidant sign-in throttling).
-        let app = app
-            .clone()
-            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let app = app.clone();
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -154,7 +151,16 @@ async fn serve_tls(listener: TcpListener, app: axum::Router, tls: Arc<rustls::Se
                         return;
                     }
                 };
-            let service = hyper_util::service::TowerToHyperService::new(app);
+            // The same ConnectInfo as on plain HTTP (aidant sign-in
+            // throttling), added to each request of the connection (the
+            // router itself is shared, not rebuilt per connection).
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await

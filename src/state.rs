@@ -83,6 +83,9 @@ pub struct AppState {
     pub trust_forwarded: bool,
     /// The journal salt file (`{keys_dir}/journal-salt`), for the aidant pages.
     pub journal_salt_path: std::path::PathBuf,
+    /// The TOTP key (`{keys_dir}/totp-key`), read once at start (created
+    /// then if absent, with a warning), for the aidant pages.
+    pub totp_key: crate::mandates::TotpKey,
     /// The procedure domains mandates may cover (`[aidants] domains`).
     pub aidant_domains: Vec<String>,
     clock_offset: AtomicI64,
@@ -225,6 +228,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
             cfg: f.clone(),
         }));
     }
+    let totp_key = crate::mandates::TotpKey::at_start(&config.server.keys_dir)?;
     Ok(AppState {
         store,
         http,
@@ -233,6 +237,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         secure_cookies: config.server.public_url.starts_with("https://"),
         trust_forwarded: config.server.trust_forwarded_headers,
         journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
+        totp_key,
         aidant_domains: config.aidants.domains.clone(),
         clock_offset: AtomicI64::new(0),
     })

@@ -523,6 +523,8 @@ pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {
     if interval_secs == 0 {
         return;
     }
+    // Validation caps it; clamp anyway so `Instant + period` cannot overflow.
+    let interval_secs = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
     let min_interval = i64::try_from(interval_secs).unwrap_or(i64::MAX);
     tokio::spawn(async move {
         // The first signature comes one interval after start, not at once.

@@ -71,6 +71,23 @@ impl TotpKey {
         TotpKey::load_or_create(&keys_dir.join(TOTP_KEY_FILE))
     }
 
+    /// The key for a running server, read once at start: created (with a
+    /// clear warning) when absent, so that sign-ins never create one later.
+    /// Every node must share the same file.
+    pub fn at_start(keys_dir: &Path) -> Result<TotpKey, String> {
+        let path = keys_dir.join(TOTP_KEY_FILE);
+        match std::fs::metadata(&path) {
+            Ok(_) => {
+                tracing::info!(path = %path.display(), "TOTP key loaded");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "no TOTP key: creating a new one; TOTP secrets encrypted under another key will not decrypt (copy the same totp-key to every node)");
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        TotpKey::load_or_create(&path)
+    }
+
     /// The key next to the journal salt file (same keys folder), for the
     /// pages, which know the salt's path.
     pub fn beside(salt_path: &Path) -> Result<TotpKey, String> {

@@ -57,17 +57,52 @@ impl SignInThrottle {
 
     /// Whether `key` reached the limit within the window ending at `now`.
     pub fn blocked(&self, key: IpAddr, now: i64) -> bool {
-        self.map().get(&key).is_some_and(|q| {
+        Self::count(&self.map(), key, now) >= THROTTLE_MAX_FAILURES
+    }
+
+    fn count(map: &HashMap<IpAddr, VecDeque<i64>>, key: IpAddr, now: i64) -> usize {
+        map.get(&key).map_or(0, |q| {
             q.iter()
                 .filter(|t| **t <= now && now - **t < THROTTLE_WINDOW_SECS)
                 .count()
-                >= THROTTLE_MAX_FAILURES
         })
+    }
+
+    /// Check and reserve in one step (under the lock): when `key` is under
+    /// the limit at `now`, count one attempt at once and return true; else
+    /// return false (nothing counted). So a burst of parallel attempts cannot
+    /// all pass the check before any of them is counted. The caller keeps
+    /// the reservation for a failed attempt, and gives it back with
+    /// [`SignInThrottle::release`] otherwise.
+    pub fn try_reserve(&self, key: IpAddr, now: i64) -> bool {
+        let mut map = self.map();
+        if Self::count(&map, key, now) >= THROTTLE_MAX_FAILURES {
+            return false;
+        }
+        Self::push(&mut map, key, now);
+        true
+    }
+
+    /// Give back one reservation made at `at` (a success, or an attempt
+    /// that could not be checked). Earlier failures stay counted.
+    pub fn release(&self, key: IpAddr, at: i64) {
+        let mut map = self.map();
+        if let Some(q) = map.get_mut(&key) {
+            if let Some(i) = q.iter().rposition(|t| *t == at) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                map.remove(&key);
+            }
+        }
     }
 
     /// Count one failed attempt of `key` at `now`.
     pub fn record_failure(&self, key: IpAddr, now: i64) {
-        let mut map = self.map();
+        Self::push(&mut self.map(), key, now);
+    }
+
+    fn push(map: &mut HashMap<IpAddr, VecDeque<i64>>, key: IpAddr, now: i64) {
         if !map.contains_key(&key) && map.len() >= THROTTLE_MAX_CLIENTS {
             // Forget the addresses without a failure in the window; if still
             // full, the one whose last failure is the oldest.
@@ -141,9 +176,15 @@ pub fn throttle_key(ip: Option<IpAddr>) -> IpAddr {
 /// Extractor for the sign-in handlers: the client's throttling key and the
 /// application's [`SignInThrottle`] (absent if the router was built without
 /// it: no throttling then).
+///
+/// [`SignInGuard::refuse`] reserves one attempt; the reservation is kept by
+/// [`SignInGuard::failed`] and given back when the guard is dropped
+/// otherwise (success, server or store error, early return).
 pub struct SignInGuard {
     key: IpAddr,
     throttle: Option<Arc<SignInThrottle>>,
+    /// Time of the reservation made by `refuse`, until kept or released.
+    reserved: Mutex<Option<i64>>,
 }
 
 impl FromRequestParts<Ctx> for SignInGuard {
@@ -157,15 +198,27 @@ impl FromRequestParts<Ctx> for SignInGuard {
         Ok(SignInGuard {
             key: throttle_key(ip),
             throttle: parts.extensions.get::<Arc<SignInThrottle>>().cloned(),
+            reserved: Mutex::new(None),
         })
     }
 }
 
 impl SignInGuard {
-    /// The 429 page when this client made too many failed attempts.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The 429 page when this client made too many failed attempts; else
+    /// `None`, and one attempt is reserved (counted) for this client until
+    /// the outcome is known (see [`SignInGuard::failed`]).
     pub fn refuse(&self, ctx: &Ctx, lang: Lang) -> Option<Response> {
         let t = self.throttle.as_ref()?;
-        if !t.blocked(self.key, ctx.now()) {
+        let now = ctx.now();
+        if t.try_reserve(self.key, now) {
+            if let Some(prev) = self.slot().replace(now) {
+                // Called twice: give back the older reservation.
+                t.release(self.key, prev);
+            }
             return None;
         }
         tracing::warn!(event = "aidant_sign_in_throttled", federation = %ctx.fed.id, "too many failed aidant sign-ins from one client address");
@@ -182,10 +235,24 @@ impl SignInGuard {
         Some(resp)
     }
 
-    /// Count a failed attempt (wrong password or code, locked account…).
+    /// Count a failed attempt (wrong password or code, locked account…):
+    /// keeps the reservation made by `refuse` (or counts one if none).
     pub fn failed(&self, ctx: &Ctx) {
         if let Some(t) = &self.throttle {
-            t.record_failure(self.key, ctx.now());
+            if self.slot().take().is_none() {
+                t.record_failure(self.key, ctx.now());
+            }
+        }
+    }
+}
+
+impl Drop for SignInGuard {
+    /// An attempt that did not fail (success, server or store error) gives
+    /// its reservation back; earlier failures stay counted.
+    fn drop(&mut self) {
+        let reserved = self.slot().take();
+        if let (Some(t), Some(at)) = (&self.throttle, reserved) {
+            t.release(self.key, at);
         }
     }
 }
@@ -328,8 +395,7 @@ pub async fn login_submit(
             form.get("email").unwrap_or(""),
             form.get("password").unwrap_or(""),
             form.get("totp").unwrap_or("").trim(),
-            &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
-                .map_err(AppError::internal)?,
+            &ctx.app.totp_key,
             now,
         )
         .await;
@@ -502,6 +568,28 @@ mod tests {
             "still full: oldest evicted"
         );
         assert!(!t.blocked(k4(999_999), 9_000));
+    }
+
+    #[test]
+    fn throttle_reserves_atomically_and_releases() {
+        let t = SignInThrottle::default();
+        let a = k4(7);
+        for i in 0..THROTTLE_MAX_FAILURES as i64 {
+            assert!(t.try_reserve(a, 100 + i), "reservation {i}");
+        }
+        assert!(!t.try_reserve(a, 200), "limit reached: nothing reserved");
+        assert!(t.blocked(a, 200));
+        // A success gives back its own reservation only.
+        t.release(a, 100 + THROTTLE_MAX_FAILURES as i64 - 1);
+        assert!(!t.blocked(a, 200));
+        assert!(t.try_reserve(a, 200));
+        assert!(!t.try_reserve(a, 201));
+        // Releasing what is not there changes nothing.
+        t.release(k4(8), 100);
+        t.release(a, 5);
+        assert!(t.blocked(a, 201));
+        // The window still slides.
+        assert!(t.try_reserve(a, 100 + THROTTLE_WINDOW_SECS));
     }
 
     fn k4(n: u32) -> IpAddr {

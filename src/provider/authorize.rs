@@ -1241,41 +1241,71 @@ pub async fn consent_submit(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, AppError> {
-    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
-    let form = Params::parse(&body).unwrap_or_default();
-    check_csrf(&ctx, &inter, &form)?;
-    if form.get("decision") == Some("deny") {
+    // Single use: the interaction ends here. It is taken at once (one
+    // statement on the sign-in's hot path instead of a read then a delete),
+    // and only by the browser it belongs to: the delete matches the session
+    // binding stored in the interaction (the JSON member
+    // `"session":"<this browser's session id>"`, which JSON escaping keeps
+    // from appearing inside any string value), so a request without this
+    // browser's cookie removes nothing. The binding is checked again below;
+    // a request that may not use the interaction puts it back untouched.
+    let lang = lang_from(&headers, None);
+    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let Some(sid) = cookies.session_id(&ctx.fed) else {
+        return Err(expired());
+    };
+    let binding = format!(
+        "\"session\":{}",
+        serde_json::to_string(&sid).map_err(AppError::internal)?
+    );
+    let Some((raw, expires_at)) = ctx
+        .app
+        .store
+        .take_bound(Kind::Interaction, &id, &ctx.fed.id, &binding, ctx.now())
+        .await?
+    else {
+        return Err(expired());
+    };
+    let restore = || async {
         ctx.app
             .store
-            .delete(Kind::Interaction, &id, &ctx.fed.id)
-            .await?;
+            .put(Kind::Interaction, &id, &ctx.fed.id, &raw, expires_at)
+            .await
+            .map_err(AppError::from)
+    };
+    let inter: Interaction = serde_json::from_str(&raw).map_err(AppError::internal)?;
+    if sid != inter.session {
+        restore().await?;
+        return Err(expired());
+    }
+    let form = Params::parse(&body).unwrap_or_default();
+    if let Err(e) = check_csrf(&ctx, &inter, &form) {
+        restore().await?;
+        return Err(e);
+    }
+    if form.get("decision") == Some("deny") {
         tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = false, "consent refused");
         return Ok(redirect(&ctx.back_url(&inter.req, "access_denied")));
     }
-    let client = ctx
-        .client(&inter.req.client_id)
-        .ok_or_else(|| AppError::internal("client vanished"))?;
+    let Some(client) = ctx.client(&inter.req.client_id) else {
+        restore().await?;
+        return Err(AppError::internal("client vanished"));
+    };
     if client.cfg.kind == crate::config::ClientKind::Private && form.get("consent") != Some("yes") {
+        restore().await?;
         return Ok(redirect(
             &ctx.fed.url(&format!("/interaction/{id}/consent")),
         ));
     }
-    let authn = session_authn(&ctx, &inter)?;
-    // Single use: the interaction ends here.
-    if ctx
-        .app
-        .store
-        .take(Kind::Interaction, &id, &ctx.fed.id, ctx.now())
-        .await?
-        .is_none()
-    {
-        return Err(ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            "interaction_expired",
-            None,
-        ));
-    }
+    let authn = match session_authn(&ctx, &inter) {
+        Ok(a) => a,
+        Err(e) => {
+            // A mandate creation or an usager consultation: not for a
+            // service; its own pages go on with it.
+            restore().await?;
+            return Err(e);
+        }
+    };
     let sub = pairwise_sub(&ctx.fed.pairwise_secret, &client.sector, &authn.subject_key);
     // Explicit consents (private services) are recorded for audit; public
     // services only show information, nothing to record.

@@ -15,8 +15,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-fn key(ctx: &Ctx) -> Result<TotpKey, AppError> {
-    TotpKey::beside(&ctx.app.journal_salt_path).map_err(AppError::internal)
+fn key(ctx: &Ctx) -> Result<&TotpKey, AppError> {
+    Ok(&ctx.app.totp_key)
 }
 
 /// SVG of a QR code for `text`.
@@ -36,7 +36,7 @@ async fn form(ctx: &Ctx, lang: Lang, token: &str, error: bool) -> Result<Respons
     let pending = ctx
         .app
         .store
-        .pending_enrolment(token, &key(ctx)?, ctx.now())
+        .pending_enrolment(token, key(ctx)?, ctx.now())
         .await?
         .ok_or_else(|| ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None))?;
     let uri = pending.otpauth_uri();
@@ -102,7 +102,7 @@ pub async fn submit(
             &token,
             f.get("password").unwrap_or(""),
             f.get("totp").unwrap_or("").trim(),
-            &key(&ctx)?,
+            key(&ctx)?,
             ctx.now(),
         )
         .await;

@@ -175,16 +175,40 @@ pub async fn home(
     if !fresh(&ctx, &step) {
         return sign_in_form(&ctx, lang, &sid, true, false);
     }
-    let org = ctx
+    let (step, org) = match ctx
         .app
         .store
         .organisation(&step.org_id)
         .await?
         .filter(|o| o.active)
-        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+    {
+        Some(org) => (step, org),
+        None => match switch_to_active(&ctx, &sid, &step).await? {
+            Some(found) => found,
+            None => {
+                // No active organisation: say so, and offer the sign-out.
+                let mut resp = ctx.page(
+                    lang,
+                    "aidant_no_org.html",
+                    minijinja::context! {
+                        logout_action => ctx.fed.url("/aidant/logout"),
+                        csrf => csrf_for(&sid),
+                    },
+                )?;
+                *resp.status_mut() = StatusCode::FORBIDDEN;
+                return Ok(resp);
+            }
+        },
+    };
     let now = ctx.now();
     let mut mandates = Vec::new();
     for m in ctx.app.store.list_mandates(&org.id).await? {
+        let purged = ctx
+            .app
+            .store
+            .usager_purged_at(&m.usager_id)
+            .await?
+            .is_some();
         mandates.push(MandateView {
             usager: usager_name(&ctx, &m.usager_id).await?,
             authorisations: auth_views(&m, now),
@@ -195,7 +219,7 @@ pub async fn home(
                 .url(&format!("/aidant/mandats/{}/attestation", m.id)),
             revocation_url: ctx.fed.url(&format!("/aidant/mandats/{}/revocation", m.id)),
             revoked: m.authorisations.iter().any(|a| a.revoked_at.is_some()),
-            renew_url: renewable(&m, now)
+            renew_url: (renewable(&m, now) && !purged)
                 .then(|| ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id))),
             id: m.id,
         });
@@ -222,6 +246,53 @@ pub async fn home(
             mandates => mandates,
         },
     )
+}
+
+/// The aidant's current organisation is inactive (deactivated since the
+/// sign-in): make the first active one of their memberships the current
+/// one (`switch_organisation`, journalled as `aidant.org_switched`) for this
+/// browser's sign-in too. None when no membership is active.
+async fn switch_to_active(
+    ctx: &Ctx,
+    sid: &str,
+    step: &AidantStep,
+) -> Result<Option<(AidantStep, Organisation)>, AppError> {
+    let store = &ctx.app.store;
+    for (org_id, _) in store.aidant_memberships(&step.aidant_id).await? {
+        let Some(org) = store.organisation(&org_id).await?.filter(|o| o.active) else {
+            continue;
+        };
+        match store
+            .switch_organisation(&step.aidant_id, &org.id, ctx.now())
+            .await
+        {
+            Ok(()) => {}
+            // Left the organisation or deactivated meanwhile: try the next.
+            Err(crate::mandates::MandateError::NotAllowed)
+            | Err(crate::mandates::MandateError::Invalid(_))
+            | Err(crate::mandates::MandateError::NotFound(_)) => continue,
+            Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+        }
+        let step = AidantStep {
+            org_id: org.id.clone(),
+            ..step.clone()
+        };
+        let mut data = load_session(ctx, sid).await?.unwrap_or_default();
+        data.aidant = Some(step.clone());
+        let fed = &ctx.fed;
+        store
+            .update(
+                Kind::Session,
+                sid,
+                &fed.id,
+                &serde_json::to_string(&data).map_err(AppError::internal)?,
+                step.auth_time + fed.cfg.session_ttl_secs,
+            )
+            .await?;
+        tracing::info!(event = "aidant_org_switched", federation = %fed.id, automatic = true, "aidant's organisation inactive: switched to an active one");
+        return Ok(Some((step, org)));
+    }
+    Ok(None)
 }
 
 #[derive(Serialize)]
@@ -495,8 +566,7 @@ pub async fn login_submit(
                     &step.aidant_id,
                     code,
                     "renewed_authentication",
-                    &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
-                        .map_err(AppError::internal)?,
+                    &ctx.app.totp_key,
                     now,
                 )
                 .await,
@@ -508,8 +578,7 @@ pub async fn login_submit(
                     email,
                     form.get("password").unwrap_or(""),
                     code,
-                    &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
-                        .map_err(AppError::internal)?,
+                    &ctx.app.totp_key,
                     now,
                 )
                 .await,
@@ -747,8 +816,7 @@ pub async fn recap_submit(
             &draft.aidant_id,
             form.get("totp").unwrap_or("").trim(),
             "mandate_creation",
-            &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
-                .map_err(AppError::internal)?,
+            &ctx.app.totp_key,
             now,
         )
         .await
@@ -1078,6 +1146,10 @@ async fn renewal_target(
         .await?
         .filter(|m| m.org_id == step.org_id && renewable(m, ctx.now()))
         .ok_or_else(not_found)?;
+    // A purged usager cannot be renewed for (nothing names the person).
+    if store.usager_purged_at(&m.usager_id).await?.is_some() {
+        return Err(not_found());
+    }
     let org = store
         .organisation(&m.org_id)
         .await?
@@ -1172,8 +1244,7 @@ pub async fn renew_submit(
             &step.aidant_id,
             form.get("totp").unwrap_or("").trim(),
             "mandate_renewal",
-            &crate::mandates::TotpKey::beside(&ctx.app.journal_salt_path)
-                .map_err(AppError::internal)?,
+            &ctx.app.totp_key,
             now,
         )
         .await

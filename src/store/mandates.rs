@@ -598,6 +598,10 @@ impl Store {
         tx!(&mut tx, t => sqlx::query(
             "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
             .bind(&sealed).bind(&id).execute(&mut **t).await.map(|_| ()))?;
+        // Unused enrolment links would otherwise replace the secret just set.
+        tx!(&mut tx, t => sqlx::query(
+            "DELETE FROM aidant_enrolments WHERE aidant_id = $1 AND used_at IS NULL")
+            .bind(&id).execute(&mut **t).await.map(|_| ()))?;
         let actor_name = actor.name();
         tx.record(
             Event {
@@ -695,6 +699,8 @@ impl Store {
             return Err(LoginError::Refused);
         };
         if locked_until > now {
+            // The same argon2 run as any other refusal (they look alike).
+            burn_argon2(password).await;
             tracing::info!(aidant = %id, "aidant sign-in refused: account locked");
             return Err(LoginError::Refused);
         }
@@ -709,8 +715,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // Consume the step only if no one used it (or a later one) meanwhile.
         let n = tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3")
-            .bind(step).bind(&id).bind(now)
+            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3 AND totp_secret = $4")
+            .bind(step).bind(&id).bind(now).bind(&secret)
             .execute(&mut **t).await.map(|r| r.rows_affected()))?;
         if n == 0 {
             drop(tx);
@@ -766,8 +772,8 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         let n = tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3")
-            .bind(step).bind(aidant_id).bind(now)
+            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3 AND totp_secret = $4")
+            .bind(step).bind(aidant_id).bind(now).bind(&secret)
             .execute(&mut **t).await.map(|r| r.rows_affected()))?;
         if n == 0 {
             drop(tx);
@@ -839,6 +845,11 @@ impl Store {
         if identity_key.is_empty() {
             return Err(MandateError::Invalid("empty identity key".into()));
         }
+        // A purge replaces the key by `purged:{id}`: such a key names no one,
+        // and a person coming back gets a new, usable usager.
+        if identity_key.starts_with("purged:") {
+            return Err(MandateError::Invalid("invalid identity key".into()));
+        }
         let id = random_token(16);
         let mut tx = self.begin_write().await?;
         let n = tx!(&mut tx, t => sqlx::query(
@@ -861,7 +872,7 @@ impl Store {
             return Ok(id);
         }
         let (existing,): (String,) = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id FROM usagers WHERE identity_key = $1")
+            "SELECT id FROM usagers WHERE identity_key = $1 AND purged_at IS NULL")
             .bind(identity_key).fetch_one(&mut **t).await)?;
         tx.commit().await?;
         Ok(existing)
@@ -929,11 +940,17 @@ impl Store {
         if member.is_none() {
             return Err(MandateError::NotAllowed);
         }
-        let usager: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id FROM usagers WHERE id = $1")
+        let usager: Option<(String, Option<i64>)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT id, purged_at FROM usagers WHERE id = $1")
             .bind(m.usager_id).fetch_optional(&mut **t).await)?;
-        if usager.is_none() {
-            return Err(MandateError::NotFound("usager"));
+        match usager {
+            None => return Err(MandateError::NotFound("usager")),
+            Some((_, Some(_))) => {
+                return Err(MandateError::Invalid(
+                    "the usager's personal data was purged: sign the person in again to create a new usager".into(),
+                ))
+            }
+            Some((_, None)) => {}
         }
         let id = random_token(16);
         let actor_name = Actor::Aidant(m.aidant_id.to_string()).name();
@@ -1416,9 +1433,14 @@ impl Store {
             return Err(LoginError::Refused);
         };
         let mut tx = self.begin_write().await?;
+        // Only if the link is still unused, unexpired and the aidant's latest
+        // (a reset or a newer link meanwhile cancels it).
         let n = tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidant_enrolments SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1")
-            .bind(now).bind(&token_hash)
+            "UPDATE aidant_enrolments SET used_at = $1 WHERE token_hash = $2 AND aidant_id = $3 \
+             AND used_at IS NULL AND expires_at > $1 AND NOT EXISTS ( \
+               SELECT 1 FROM aidant_enrolments e2 WHERE e2.aidant_id = $3 \
+               AND e2.token_hash <> $2 AND e2.created_at > aidant_enrolments.created_at)")
+            .bind(now).bind(&token_hash).bind(&id)
             .execute(&mut **t).await.map(|r| r.rows_affected()))?;
         if n == 0 {
             return Err(LoginError::Refused);

@@ -430,6 +430,30 @@ impl Store {
         Ok(row.filter(|r| r.1 > now).map(|r| r.0))
     }
 
+    /// Take (delete and return, with its expiry) a live row whose data
+    /// contains `needle` verbatim; nothing happens otherwise.
+    pub async fn take_bound(
+        &self,
+        kind: Kind,
+        id: &str,
+        fed: &str,
+        needle: &str,
+        now: i64,
+    ) -> Result<Option<(String, i64)>> {
+        // A plain substring test (no pattern characters), per backend.
+        let contains = match self.backend {
+            Backend::Sqlite(_) => "instr(data, $3) > 0",
+            Backend::Postgres(_) => "strpos(data, $3) > 0",
+        };
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND federation = $2 AND {contains} RETURNING data, expires_at",
+            kind.table()
+        );
+        let row: Option<(String, i64)> = on!(self, p => sqlx::query_as(&sql)
+            .bind(id).bind(fed).bind(needle).fetch_optional(p).await)?;
+        Ok(row.filter(|r| r.1 > now))
+    }
+
     pub async fn delete(&self, kind: Kind, id: &str, fed: &str) -> Result<()> {
         let sql = format!(
             "DELETE FROM {} WHERE id = $1 AND federation = $2",

@@ -44,6 +44,10 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             include_str!("templates/aidant_home.html"),
         ),
         (
+            "aidant_no_org.html",
+            include_str!("templates/aidant_no_org.html"),
+        ),
+        (
             "aidant_recap.html",
             include_str!("templates/aidant_recap.html"),
         ),

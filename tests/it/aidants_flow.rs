@@ -1988,3 +1988,252 @@ async fn organisation_switch_and_attestation_views_journalled() {
         env.cleanup().await;
     }
 }
+
+/// Review fix: the per-IP limit is checked and reserved in one step, so a
+/// burst of parallel wrong attempts from one address cannot all pass the
+/// check before any failure is counted: at most the limit get a 401, the
+/// rest 429. A success does not use up the address's allowance.
+#[tokio::test]
+async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
+    use relais::demo::aidants::*;
+    use relais::provider::aidant::THROTTLE_MAX_FAILURES;
+    for db in databases() {
+        let env = Env::start_with(
+            db,
+            String::new(),
+            vec![(
+                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
+                "true".into(),
+            )],
+            false,
+        )
+        .await;
+        seed(&env.stack).await.unwrap();
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        // A success gives its reservation back (earlier failures stay):
+        // limit - 1 failures, a success, then one more failure is still
+        // allowed (401), the next is refused (429).
+        let colleague = browser_from("203.0.113.90");
+        let (url, status, html) = colleague
+            .go(&format!("{broker}/aidant"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        let (action, hidden) = form(&html);
+        let login = absolute(&url, &action);
+        let attempt = |password: &str, code: String| {
+            let mut f = hidden.clone();
+            f.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+            f.push(("password".into(), password.into()));
+            f.push(("totp".into(), code));
+            f
+        };
+        for i in 0..(THROTTLE_MAX_FAILURES - 1) {
+            let wrong = attempt("guessed password", "123456".into());
+            let (_, status, _) = colleague.post(&login, &wrong, &stop).await.page();
+            assert_eq!(status, 401, "attempt {i}");
+            if i % 4 == 3 {
+                // Stay under the account lock (5 failures in a row).
+                store_unlock(&env).await;
+            }
+        }
+        let right = attempt(DEMO_AIDANT_PASSWORD, demo_code(&env));
+        store_unlock(&env).await;
+        let (_, status, html) = colleague.post(&login, &right, &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("mandate-draft"), "{html}");
+        // (A new session: the page's new CSRF token.)
+        let (_, fresh_hidden) = form(&html);
+        let mut wrong: Vec<(String, String)> = fresh_hidden
+            .into_iter()
+            .filter(|(k, _)| k == "csrf")
+            .collect();
+        wrong.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        wrong.push(("password".into(), "guessed password".into()));
+        wrong.push(("totp".into(), "123456".into()));
+        let (_, status, _) = colleague.post(&login, &wrong, &stop).await.page();
+        assert_eq!(status, 401, "the success did not use up the allowance");
+        let (_, status, _) = colleague.post(&login, &wrong, &stop).await.page();
+        assert_eq!(status, 429);
+
+        let attacker = browser_from("203.0.113.66");
+        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        let (action, hidden) = form(&html);
+        let target = absolute(&url, &action);
+        let tries = 2 * THROTTLE_MAX_FAILURES;
+        let mut tasks = Vec::new();
+        for i in 0..tries {
+            let http = attacker.http.clone();
+            let target = target.clone();
+            let mut fields = hidden.clone();
+            fields.push(("email".into(), format!("intrus{i}@example.org")));
+            fields.push(("password".into(), "guessed password".into()));
+            fields.push(("totp".into(), "123456".into()));
+            tasks.push(tokio::spawn(async move {
+                http.post(&target)
+                    .form(&fields)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        let refused = statuses.iter().filter(|s| **s == 401).count();
+        let throttled = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(refused + throttled, tries, "{statuses:?}");
+        assert!(refused <= THROTTLE_MAX_FAILURES, "{statuses:?}");
+        assert_eq!(refused, THROTTLE_MAX_FAILURES, "{statuses:?}");
+        env.cleanup().await;
+    }
+}
+
+/// Reset the demo aidant's failure counter (the account lock is not what
+/// these tests look at).
+async fn store_unlock(env: &Env) {
+    let sql = "UPDATE aidants SET failed_attempts = 0, locked_until = 0";
+    match env.stack.state.store.backend() {
+        relais::store::Backend::Sqlite(p) => {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+        relais::store::Backend::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+    }
+}
+
+/// Review fix: after `org-deactivate` of the aidant's current organisation,
+/// `/aidant` switches to the first active one of their organisations
+/// (journalled `aidant.org_switched`); with none active, a page says so and
+/// offers the sign-out (instead of a 403 forever).
+#[tokio::test]
+async fn inactive_current_organisation_switches_or_explains() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        let now = env.stack.state.now();
+        let brest = store
+            .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
+            .await
+            .unwrap();
+        store
+            .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
+            .await
+            .unwrap();
+        let browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &browser,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        assert!(!html.contains("<p id=\"current-org\">Mairie de Brest</p>"));
+        store
+            .set_organisation_active(&demo.org_id, false, &Actor::Admin, now)
+            .await
+            .unwrap();
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(
+            html.contains("<p id=\"current-org\">Mairie de Brest</p>"),
+            "{html}"
+        );
+        let switched = journal_of(store, "aidant.org_switched").await;
+        assert_eq!(switched.len(), 1);
+        assert_eq!(switched[0].org_id.as_deref(), Some(brest.id.as_str()));
+        let a = store
+            .aidant_by_email(DEMO_AIDANT_EMAIL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.current_org.as_deref(), Some(brest.id.as_str()));
+        // Shown again: no second switch.
+        let (_, status, _) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert_eq!(journal_of(store, "aidant.org_switched").await.len(), 1);
+
+        // No active organisation left: a clear page with the sign-out.
+        store
+            .set_organisation_active(&brest.id, false, &Actor::Admin, now)
+            .await
+            .unwrap();
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 403, "{html}");
+        assert!(html.contains("id=\"no-active-org\""), "{html}");
+        assert!(!html.contains("mandate-draft"), "{html}");
+        let start = html.find("id=\"aidant-logout\"").unwrap();
+        let start = html[..start].rfind("<form").unwrap();
+        let (action, fields) = form(&html[start..]);
+        let (url, status, html) = browser
+            .post(&absolute(&broker, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.ends_with("/aidant"), "{url}");
+        assert!(html.contains("name=\"password\""), "signed out: {html}");
+        assert_eq!(journal_of(store, "aidant.org_switched").await.len(), 1);
+        env.cleanup().await;
+    }
+}
+
+/// Review fix: a mandate of a purged usager is not offered for renewal
+/// (no link, 404), even within the renewal year.
+#[tokio::test]
+async fn purged_usager_mandate_not_renewable() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+        store
+            .revoke_mandate(&mid, &Actor::Admin, env.stack.state.now())
+            .await
+            .unwrap();
+        env.stack.state.advance_clock(2 * 86_400);
+        let browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &browser,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
+        assert!(html.contains(&format!("renew-{mid}")), "renewable: {html}");
+        let n = store
+            .purge_usagers(1, &Actor::Admin, env.stack.state.now())
+            .await
+            .unwrap();
+        assert!(n >= 1);
+        assert!(store
+            .usager_purged_at(&demo.usager_id)
+            .await
+            .unwrap()
+            .is_some());
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(&format!("mandate-{mid}")), "{html}");
+        assert!(!html.contains(&format!("renew-{mid}")), "{html}");
+        let (_, status, _) = browser
+            .go(&format!("{broker}/aidant/mandats/{mid}/renouveler"), &stop)
+            .await
+            .page();
+        assert_eq!(status, 404);
+        env.cleanup().await;
+    }
+}

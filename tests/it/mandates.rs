@@ -2324,3 +2324,303 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
         env.cleanup().await;
     }
 }
+
+/// Review fix: a purged usager cannot get a new mandate (refused inside
+/// `create_mandate`'s transaction), and the same person coming back gets a
+/// fresh, usable usager (a `purged:` key names no one).
+#[tokio::test(flavor = "multi_thread")]
+async fn purged_usager_refused_and_returning_person_is_new() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let name = d.name();
+        let (org, aidant, _) = org_and_aidant(s, "a@mairie.fr").await;
+        let long_ago = NOW - 2000 * DAY;
+        let old = s
+            .upsert_usager("key-back", &salt(), long_ago)
+            .await
+            .unwrap();
+        mandate_at(s, &org, &aidant, &old, long_ago, 30).await;
+        assert_eq!(s.purge_usagers(1825, &Actor::Admin, NOW).await.unwrap(), 1);
+        let refused = s
+            .create_mandate(
+                &NewMandate {
+                    org_id: &org,
+                    usager_id: &old,
+                    aidant_id: &aidant,
+                    domains: &["social"],
+                    duration_days: 30,
+                    consent_version: "v1",
+                    consent_hash: "abc",
+                },
+                &default_domains(),
+                NOW,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(MandateError::Invalid(ref m)) if m.contains("purged")),
+            "{name}: {refused:?}"
+        );
+        assert_eq!(s.usager_mandates(&old).await.unwrap().len(), 1, "{name}");
+        // A `purged:` key is not an identity.
+        let r = s
+            .upsert_usager(&format!("purged:{old}"), &salt(), NOW)
+            .await;
+        assert!(matches!(r, Err(MandateError::Invalid(_))), "{name}: {r:?}");
+        // The person comes back: a new usager, not purged, usable.
+        let again = s.upsert_usager("key-back", &salt(), NOW).await.unwrap();
+        assert_ne!(again, old, "{name}");
+        assert_eq!(s.usager_purged_at(&again).await.unwrap(), None);
+        assert_eq!(
+            s.upsert_usager("key-back", &salt(), NOW + 1).await.unwrap(),
+            again,
+            "{name}: then found again"
+        );
+        let m = mandate_at(s, &org, &aidant, &again, NOW, 30).await;
+        assert!(s.active_authorisation(&m, "social", NOW + 1).await.unwrap());
+        journal::verify(s).await.unwrap();
+        d.close().await;
+    }
+}
+
+/// Review fix: a sign-in whose step-consuming update comes after a TOTP
+/// reset (it read the old secret before) fails: the update requires the
+/// secret it checked the code against.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_overlapping_totp_reset_fails() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let name = d.name();
+        let (_, aidant, secret) = org_and_aidant(&d.store, "r@mairie.fr").await;
+        let t = NOW + 60;
+        let code = totp::code_at(&secret, t).unwrap();
+        let other = totp::generate_secret().unwrap();
+        let sealed_other = key().seal(&aidant, &other).unwrap();
+        let spawn_sign_in = || {
+            let s = d.store.clone();
+            let code = code.clone();
+            tokio::spawn(async move {
+                s.verify_password_and_totp("r@mairie.fr", PASSWORD, &code, &key(), t)
+                    .await
+            })
+        };
+        // A reset in progress holds the write lock while the sign-in reads
+        // the old secret and checks the code; the reset commits first.
+        let update = "UPDATE aidants SET totp_secret = $1 WHERE id = $2";
+        let pause = std::time::Duration::from_millis(1500);
+        let result = match d.store.backend() {
+            Backend::Sqlite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let h = spawn_sign_in();
+                tokio::time::sleep(pause).await;
+                sqlx::query(update)
+                    .bind(&sealed_other)
+                    .bind(&aidant)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                h.await.unwrap()
+            }
+            Backend::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                sqlx::query("LOCK TABLE journal IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                let h = spawn_sign_in();
+                tokio::time::sleep(pause).await;
+                sqlx::query(update)
+                    .bind(&sealed_other)
+                    .bind(&aidant)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                h.await.unwrap()
+            }
+        };
+        refused(result, &format!("{name}: sign-in overlapping a reset"));
+        let a = d
+            .store
+            .aidant_by_email("r@mairie.fr")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.totp_last_step, 0, "{name}: no step consumed");
+        // The new secret signs in.
+        d.store
+            .verify_password_and_totp(
+                "r@mairie.fr",
+                PASSWORD,
+                &totp::code_at(&other, t + 30).unwrap(),
+                &key(),
+                t + 30,
+            )
+            .await
+            .unwrap();
+        d.close().await;
+    }
+}
+
+/// Review fix: a locked account costs the same argon2 run as an unknown
+/// e-mail (the refusals look alike, in time too).
+#[tokio::test(flavor = "multi_thread")]
+async fn locked_account_refusal_costs_an_argon2_run() {
+    for db in databases() {
+        let d = open(&db, 4).await;
+        let s = &d.store;
+        let name = d.name();
+        let (_, _, secret) = org_and_aidant(s, "l@mairie.fr").await;
+        for i in 0..5 {
+            let t = NOW + i;
+            refused(
+                s.verify_password_and_totp(
+                    "l@mairie.fr",
+                    "wrong password!!",
+                    &totp::code_at(&secret, t).unwrap(),
+                    &key(),
+                    t,
+                )
+                .await,
+                "wrong password",
+            );
+        }
+        let t = NOW + 100;
+        let a = s.aidant_by_email("l@mairie.fr").await.unwrap().unwrap();
+        assert!(a.locked_until > t, "{name}: locked");
+        let mut unknown = std::time::Duration::MAX;
+        let mut locked = std::time::Duration::MAX;
+        for i in 0..3 {
+            let code = totp::code_at(&secret, t + 30 * i).unwrap();
+            let start = std::time::Instant::now();
+            refused(
+                s.verify_password_and_totp("nobody@mairie.fr", PASSWORD, &code, &key(), t)
+                    .await,
+                "unknown",
+            );
+            unknown = unknown.min(start.elapsed());
+            let start = std::time::Instant::now();
+            refused(
+                s.verify_password_and_totp("l@mairie.fr", PASSWORD, &code, &key(), t)
+                    .await,
+                "locked",
+            );
+            locked = locked.min(start.elapsed());
+        }
+        assert!(
+            locked * 2 >= unknown,
+            "{name}: locked {locked:?} vs unknown {unknown:?}"
+        );
+        d.close().await;
+    }
+}
+
+/// Review fixes: a TOTP reset (random or demo secret) cancels the aidant's
+/// unused enrolment links in the same transaction, so a link issued before
+/// cannot replace the new secret; the server loaded (created) its TOTP key
+/// at start, before any sign-in.
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_reset_cancels_enrolment_links() {
+    for db in databases() {
+        let env = Env::start(db).await;
+        let state = &env.stack.state;
+        let s = &state.store;
+        let key_file = state.journal_salt_path.with_file_name("totp-key");
+        assert!(key_file.exists(), "created at start");
+        let key = TotpKey::beside(&state.journal_salt_path).unwrap();
+        let sealed = state.totp_key.seal("x", "JBSWY3DPEHPK3PXP").unwrap();
+        assert_eq!(key.open("x", &sealed).unwrap().secret(), "JBSWY3DPEHPK3PXP");
+        let now = state.now();
+        let email = "reset@mairie.fr";
+        let org = s
+            .create_organisation("France Services", SIRET_A, &[], &Actor::Admin, now)
+            .await
+            .unwrap();
+        s.create_aidant(
+            &NewAidant {
+                email,
+                name: "Remise",
+                password: PASSWORD,
+                org_id: &org.id,
+                role: Role::Aidant,
+            },
+            &Actor::Admin,
+            &salt(),
+            &key,
+            now,
+        )
+        .await
+        .unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        for demo in [false, true] {
+            let t = state.now();
+            let e = s
+                .issue_enrolment(email, &Actor::Admin, &key, t)
+                .await
+                .unwrap();
+            let url = format!("{}/aidant/enrolment/{}", env.broker(), e.token);
+            let r = http.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let html = r.text().await.unwrap();
+            let pending = html
+                .split("id=\"totp-secret\">")
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .unwrap()
+                .to_string();
+            let new_secret = if demo {
+                let fixed = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+                s.set_totp_secret(email, fixed, &Actor::Admin, &key, t)
+                    .await
+                    .unwrap();
+                fixed.to_string()
+            } else {
+                s.reset_totp(email, &Actor::Admin, &key, t)
+                    .await
+                    .unwrap()
+                    .totp_secret
+            };
+            // The link no longer works: neither the page nor confirming it.
+            assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+            state.advance_clock(30);
+            let t = state.now();
+            let r = http
+                .post(&url)
+                .form(&[
+                    ("password", PASSWORD),
+                    ("totp", totp::code_at(&pending, t).unwrap().as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "demo={demo}");
+            // The secret set by the reset stays the aidant's.
+            refused(
+                s.verify_password_and_totp(
+                    email,
+                    PASSWORD,
+                    &totp::code_at(&pending, t).unwrap(),
+                    &key,
+                    t,
+                )
+                .await,
+                "pending secret of the cancelled link",
+            );
+            s.verify_password_and_totp(
+                email,
+                PASSWORD,
+                &totp::code_at(&new_secret, t).unwrap(),
+                &key,
+                t,
+            )
+            .await
+            .unwrap();
+            state.advance_clock(30);
+        }
+        env.cleanup().await;
+    }
+}

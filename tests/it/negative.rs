@@ -616,3 +616,92 @@ async fn security_headers_on_pages() {
     assert_eq!(ready.status(), 200);
     env.cleanup().await;
 }
+
+/// The consent POST takes the interaction in one statement, but only for the
+/// browser it belongs to: another browser, a forged CSRF token or a missing
+/// consent tick remove nothing, and the real browser then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn consent_post_consumes_only_for_its_browser() {
+    for db in databases() {
+        let env = Env::start(db).await;
+        let rp = Rp::demo(&env).await;
+        let browser = Browser::new();
+        let auth = rp.authorize(PIVOT, &[]);
+        // Drive the sign-in up to the consent page.
+        let mut step = browser.go(&auth.url, &rp.redirect_uri).await;
+        let (consent_url, html) = loop {
+            let (url, status, html) = step.page();
+            assert_eq!(status, 200, "{url}:\n{html}");
+            if html.contains("name=\"decision\"") {
+                break (url, html);
+            }
+            let (action, mut fields) = form(&html);
+            if html.contains("name=\"provider\"") {
+                fields.push(("provider".into(), "impots".into()));
+            } else {
+                fields.extend([
+                    ("login".into(), "angela".into()),
+                    ("password".into(), "123".into()),
+                    ("action".into(), "login".into()),
+                ]);
+            }
+            let action = reqwest::Url::parse(&url)
+                .unwrap()
+                .join(&action)
+                .unwrap()
+                .to_string();
+            step = browser.post(&action, &fields, &rp.redirect_uri).await;
+        };
+        let (action, fields) = form(&html);
+        let action = reqwest::Url::parse(&consent_url)
+            .unwrap()
+            .join(&action)
+            .unwrap()
+            .to_string();
+        let mut accept = fields.clone();
+        accept.push(("decision".into(), "accept".into()));
+        if html.contains("name=\"consent\"") {
+            // A private service: without the tick, back to the page.
+            let step = browser.post(&action, &accept, &rp.redirect_uri).await;
+            let (_, status, again) = step.page();
+            assert_eq!(status, 200);
+            assert!(again.contains("name=\"decision\""));
+            accept.push(("consent".into(), "yes".into()));
+        }
+        // Another browser, with the right CSRF token: refused, nothing taken.
+        let (_, status, _) = Browser::new()
+            .post(&action, &accept, &rp.redirect_uri)
+            .await
+            .page();
+        assert_eq!(status, 400);
+        // This browser with a forged token: 403, nothing taken.
+        let forged: Vec<(String, String)> = accept
+            .iter()
+            .map(|(k, v)| {
+                if k == "csrf" {
+                    (k.clone(), "forged".to_string())
+                } else {
+                    (k.clone(), v.clone())
+                }
+            })
+            .collect();
+        let (_, status, page) = browser
+            .post(&action, &forged, &rp.redirect_uri)
+            .await
+            .page();
+        assert_eq!(status, 403, "{page}");
+        // The real request still completes, once.
+        let arrived = browser
+            .post(&action, &accept, &rp.redirect_uri)
+            .await
+            .arrived();
+        let code = rp.code_from(&arrived, &auth);
+        rp.exchange(&code, &auth).await.unwrap();
+        let (_, status, _) = browser
+            .post(&action, &accept, &rp.redirect_uri)
+            .await
+            .page();
+        assert_eq!(status, 400, "single use");
+        env.cleanup().await;
+    }
+}
