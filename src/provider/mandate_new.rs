@@ -644,10 +644,7 @@ pub async fn draft_submit(
     let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    let given = form.get("csrf").unwrap_or("");
-    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
-    }
+    check_page_csrf(&ctx, lang, &sid, &form)?;
     if !fresh(&ctx, &step) {
         return Ok(redirect(&home_url(&ctx)));
     }
@@ -970,10 +967,7 @@ pub async fn revoke_submit(
     let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    let given = form.get("csrf").unwrap_or("");
-    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
-    }
+    check_page_csrf(&ctx, lang, &sid, &form)?;
     if !fresh(&ctx, &step) {
         return Ok(redirect(&home_url(&ctx)));
     }
@@ -1227,10 +1221,7 @@ pub async fn renew_submit(
     let Some((sid, step, m, org)) = renewal_target(&ctx, &cookies, lang, &mid).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    let given = form.get("csrf").unwrap_or("");
-    if !crate::crypto::ct_eq(given.as_bytes(), csrf_for(&sid).as_bytes()) {
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
-    }
+    check_page_csrf(&ctx, lang, &sid, &form)?;
     if form.get("informed") != Some("yes") {
         return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
     }
