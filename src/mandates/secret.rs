@@ -94,6 +94,15 @@ impl TotpKey {
         TotpKey::load_or_create(&salt_path.with_file_name(TOTP_KEY_FILE))
     }
 
+    /// An HMAC-SHA256 key for `purpose`, derived from this key (HMAC of a
+    /// label under it): signing with it never uses the encryption key
+    /// itself, and different purposes get unrelated keys.
+    pub fn derived_hmac_key(&self, purpose: &str) -> ring::hmac::Key {
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let derived = ring::hmac::sign(&master, format!("relais-derive:{purpose}").as_bytes());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+    }
+
     fn aead(&self) -> Result<LessSafeKey, String> {
         UnboundKey::new(&AES_256_GCM, &self.0)
             .map(LessSafeKey::new)

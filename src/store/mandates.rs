@@ -1397,38 +1397,80 @@ impl Store {
         }))
     }
 
-    /// Confirm an enrolment link with the aidant's password and a first code
-    /// of the new secret: the secret becomes the aidant's (the code's step is
-    /// consumed) and the link is used up. Failures are the same
-    /// [`LoginError::Refused`] whatever the cause, and count towards the
-    /// account lock like sign-in failures.
-    pub async fn confirm_enrolment(
+    /// Check the aidant's password for an enrolment link (first step of the
+    /// page): the pending enrolment (with its secret) only if the link is
+    /// usable, the account not locked and the password right. Failures are
+    /// the same [`LoginError::Refused`] whatever the cause (each costs an
+    /// argon2 run), and a wrong password counts towards the account lock
+    /// like a sign-in failure.
+    pub async fn check_enrolment_password(
         &self,
         token: &str,
         password: &str,
+        key: &TotpKey,
+        now: i64,
+    ) -> std::result::Result<PendingEnrolment, LoginError> {
+        #[allow(clippy::type_complexity)]
+        let row: Option<(String, String, String, i64, String, i64)> = on!(self, p => sqlx::query_as(
+            "SELECT e.aidant_id, a.email, e.totp_secret, e.expires_at, a.password_hash, a.locked_until \
+             FROM aidant_enrolments e JOIN aidants a ON a.id = e.aidant_id \
+             WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
+            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(now)
+            .fetch_optional(p).await)?;
+        let Some((id, email, sealed, expires_at, password_hash, locked_until)) = row else {
+            burn_argon2(password).await;
+            return Err(LoginError::Refused);
+        };
+        if locked_until > now {
+            // The same argon2 run as any other refusal (they look alike).
+            burn_argon2(password).await;
+            return Err(LoginError::Refused);
+        }
+        let presented = password.to_string();
+        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
+        if !password_ok {
+            self.aidant_failure(&id, now).await?;
+            return Err(LoginError::Refused);
+        }
+        let secret = open_secret(key, &id, &sealed)?;
+        Ok(PendingEnrolment {
+            aidant_id: id,
+            email,
+            totp_secret: secret.secret().to_string(),
+            expires_at,
+        })
+    }
+
+    /// Confirm an enrolment link with a first code of the new secret, for
+    /// the aidant `aidant_id` whose password was checked before
+    /// ([`Store::check_enrolment_password`], the page carrying a signed
+    /// proof of it): the secret becomes the aidant's (the code's step is
+    /// consumed) and the link is used up. Failures are the same
+    /// [`LoginError::Refused`] whatever the cause; a wrong code counts
+    /// towards the account lock like a sign-in failure.
+    pub async fn confirm_enrolment(
+        &self,
+        token: &str,
+        aidant_id: &str,
         code: &str,
         key: &TotpKey,
         now: i64,
     ) -> std::result::Result<String, LoginError> {
         let token_hash = crate::mandates::journal::sha256_hex(token.as_bytes());
         #[allow(clippy::type_complexity)]
-        let row: Option<(String, String, String, i64, Option<String>)> = on!(self, p => sqlx::query_as(
-            "SELECT e.aidant_id, e.totp_secret, a.password_hash, a.locked_until, a.current_org \
+        let row: Option<(String, String, i64, Option<String>)> = on!(self, p => sqlx::query_as(
+            "SELECT e.aidant_id, e.totp_secret, a.locked_until, a.current_org \
              FROM aidant_enrolments e JOIN aidants a ON a.id = e.aidant_id \
              WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
             .bind(&token_hash).bind(now).fetch_optional(p).await)?;
-        let Some((id, sealed, password_hash, locked_until, current_org)) = row else {
-            burn_argon2(password).await;
+        let Some((id, sealed, locked_until, current_org)) = row else {
             return Err(LoginError::Refused);
         };
-        if locked_until > now {
+        if id != aidant_id || locked_until > now {
             return Err(LoginError::Refused);
         }
-        let presented = password.to_string();
-        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
         let secret = open_secret(key, &id, &sealed)?;
-        let step = totp::verify(secret.secret(), code, now, 0);
-        let (true, Some(step)) = (password_ok, step) else {
+        let Some(step) = totp::verify(secret.secret(), code, now, 0) else {
             self.aidant_failure(&id, now).await?;
             return Err(LoginError::Refused);
         };

@@ -98,6 +98,12 @@ impl Nodes {
             503 if self.allow_503 && body.contains("<html") => {
                 Outcome::Clean(format!("{what}: 503 error page"))
             }
+            // A callback retried after the dead node had already redeemed the
+            // upstream's code: the upstream refuses it, Relais shows its
+            // error page (code `upstream_error`, a link back to the service).
+            502 if what == "callback" && body.contains("<code>upstream_error</code>") => {
+                Outcome::Clean(format!("{what}: 502 upstream_error"))
+            }
             400..=499 if json_error.is_some() || body.contains("<html") => Outcome::Clean(format!(
                 "{what}: {status} {}",
                 json_error.unwrap_or_default()

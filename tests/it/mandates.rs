@@ -11,6 +11,7 @@ use relais::mandates::{
     default_domains, totp, Actor, LoginError, MandateError, NewAidant, NewMandate, Role, Salt,
     TotpKey,
 };
+use relais::provider::enrolment;
 use relais::store::{Backend, Store};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
@@ -2159,6 +2160,40 @@ async fn serve_signs_journal_heads_periodically() {
     }
 }
 
+/// Every page of the enrolment flow is neither cached nor sent as a referrer.
+fn private_page(r: &reqwest::Response) {
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+}
+
+/// A form post to an enrolment link.
+async fn enrolment_step(
+    http: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    http.post(url).form(form).send().await.unwrap()
+}
+
+/// The text of the element `id` of a page (up to the next tag).
+fn element_text(html: &str, id: &str) -> Option<String> {
+    let rest = html.split(&format!("id=\"{id}\">")).nth(1)?;
+    Some(rest.split('<').next()?.to_string())
+}
+
+/// The value of the hidden field `name` of a page.
+fn hidden_value(html: &str, name: &str) -> Option<String> {
+    let rest = html.split(&format!("name=\"{name}\" value=\"")).nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// Through the enrolment link's password step: the pending secret shown.
+async fn enrolment_secret(http: &reqwest::Client, url: &str) -> String {
+    let r = enrolment_step(http, url, &[("step", "password"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 200);
+    element_text(&r.text().await.unwrap(), "totp-secret").unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
     for db in databases() {
@@ -2198,22 +2233,53 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
+        let failures = || async {
+            s.aidant_by_email(email)
+                .await
+                .unwrap()
+                .unwrap()
+                .failed_attempts
+        };
+        // The link alone shows the e-mail and a password field, no secret.
         let r = http.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["cache-control"], "no-store");
+        private_page(&r);
+        let get_html = r.text().await.unwrap();
+        assert!(get_html.contains(email) && get_html.contains("name=\"password\""));
+        for hidden in ["otpauth://", "<svg", "totp-secret", "name=\"proof\""] {
+            assert!(!get_html.contains(hidden), "{hidden}: {get_html}");
+        }
+        // A wrong password: the password form again, 401, no secret, and it
+        // counts like a sign-in failure.
+        assert_eq!(failures().await, 0);
+        let r = enrolment_step(
+            &http,
+            &url,
+            &[("step", "password"), ("password", "wrong password!!")],
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+        private_page(&r);
+        let html = r.text().await.unwrap();
+        assert!(html.contains("enrolment-error") && html.contains("name=\"password\""));
+        for hidden in ["otpauth://", "<svg", "totp-secret", "name=\"proof\""] {
+            assert!(!html.contains(hidden), "{hidden}: {html}");
+        }
+        assert_eq!(failures().await, 1);
+        // The right password: the secret (QR code, URI, key) and a proof.
+        let r = enrolment_step(&http, &url, &[("step", "password"), ("password", PASSWORD)]).await;
+        assert_eq!(r.status(), 200);
+        private_page(&r);
         let html = r.text().await.unwrap();
         assert!(html.contains("<svg") && html.contains("</svg>"), "{html}");
-        let secret = html
-            .split("id=\"totp-secret\">")
-            .nth(1)
-            .and_then(|rest| rest.split('<').next())
-            .unwrap()
-            .to_string();
+        let secret = element_text(&html, "totp-secret").unwrap();
         assert!(totp::base32_decode(&secret).is_some_and(|k| k.len() == 20));
         assert!(
             unescape(&html).contains(&format!("otpauth://totp/Relais:{email}?secret={secret}&")),
             "{html}"
         );
+        let proof = hidden_value(&html, "proof").unwrap();
+        assert!(!get_html.contains(&secret), "secret shown by GET");
         // Until confirmed, neither the old secret nor the new one signs in.
         state.advance_clock(30);
         let t = state.now();
@@ -2223,34 +2289,81 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
                 .await;
             refused(r, "before confirmation");
         }
-        // Wrong code or wrong password: the form again, 401, nothing changes.
-        for (password, code) in [
-            (PASSWORD, wrong_code(&secret, t)),
-            ("wrong password!!", totp::code_at(&secret, t).unwrap()),
-        ] {
-            let r = http
-                .post(&url)
-                .form(&[("password", password), ("totp", code.as_str())])
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401);
-            assert!(r.text().await.unwrap().contains("enrolment-error"));
+        // A missing, forged, tampered, foreign-key or expired proof: back to
+        // the password form (401), no secret, nothing changes.
+        let code = totp::code_at(&secret, t).unwrap();
+        let tag = proof.split_once('.').unwrap().1.to_string();
+        let other_key = TotpKey::new(&[9u8; 32]).unwrap();
+        let bad_proofs = [
+            String::new(),
+            "garbage".to_string(),
+            format!("{t}.{tag}"),
+            enrolment::sign_proof(&other_key, &e.token, &created.id, t),
+            enrolment::sign_proof(&key, &e.token, "another-aidant", t),
+            enrolment::sign_proof(&key, "another-token", &created.id, t),
+            enrolment::sign_proof(&key, &e.token, &created.id, t - enrolment::PROOF_TTL_SECS),
+        ];
+        for bad in &bad_proofs {
+            let r = enrolment_step(
+                &http,
+                &url,
+                &[("step", "code"), ("proof", bad), ("totp", &code)],
+            )
+            .await;
+            assert_eq!(r.status(), 401, "{bad}");
+            private_page(&r);
+            let html = r.text().await.unwrap();
+            assert!(html.contains("enrolment-expired") && html.contains("name=\"password\""));
+            assert!(
+                !html.contains(&secret) && !html.contains("otpauth://"),
+                "{bad}: {html}"
+            );
         }
-        // Password and a first code: enrolled.
-        let r = http
-            .post(&url)
-            .form(&[
-                ("password", PASSWORD),
-                ("totp", totp::code_at(&secret, t).unwrap().as_str()),
-            ])
-            .send()
-            .await
-            .unwrap();
+        // A proof signed with the server's key for this link and aidant,
+        // still fresh, is accepted (the key is derived from `totp-key`).
+        assert!(enrolment::check_proof(
+            &state.totp_key,
+            &proof,
+            &e.token,
+            &created.id,
+            t
+        ));
+        // A wrong code: the code form again, 401, nothing changes.
+        let r = enrolment_step(
+            &http,
+            &url,
+            &[
+                ("step", "code"),
+                ("proof", &proof),
+                ("totp", &wrong_code(&secret, t)),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+        private_page(&r);
+        assert!(r.text().await.unwrap().contains("enrolment-error"));
+        // The proof and a first code: enrolled.
+        let r = enrolment_step(
+            &http,
+            &url,
+            &[("step", "code"), ("proof", &proof), ("totp", &code)],
+        )
+        .await;
         assert_eq!(r.status(), 200);
+        private_page(&r);
         assert!(r.text().await.unwrap().contains("enrolment-done"));
+        assert_eq!(failures().await, 0);
         // The link works once.
         assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+        let r = enrolment_step(
+            &http,
+            &url,
+            &[("step", "code"), ("proof", &proof), ("totp", &code)],
+        )
+        .await;
+        assert_eq!(r.status(), 404);
+        let r = enrolment_step(&http, &url, &[("step", "password"), ("password", PASSWORD)]).await;
+        assert_eq!(r.status(), 404);
         // The code used to confirm is consumed; the next one signs in.
         let r = s
             .verify_password_and_totp(
@@ -2537,21 +2650,23 @@ async fn totp_reset_cancels_enrolment_links() {
             .create_organisation("France Services", SIRET_A, &[], &Actor::Admin, now)
             .await
             .unwrap();
-        s.create_aidant(
-            &NewAidant {
-                email,
-                name: "Remise",
-                password: PASSWORD,
-                org_id: &org.id,
-                role: Role::Aidant,
-            },
-            &Actor::Admin,
-            &salt(),
-            &key,
-            now,
-        )
-        .await
-        .unwrap();
+        let aidant_id = s
+            .create_aidant(
+                &NewAidant {
+                    email,
+                    name: "Remise",
+                    password: PASSWORD,
+                    org_id: &org.id,
+                    role: Role::Aidant,
+                },
+                &Actor::Admin,
+                &salt(),
+                &key,
+                now,
+            )
+            .await
+            .unwrap()
+            .id;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -2565,13 +2680,8 @@ async fn totp_reset_cancels_enrolment_links() {
             let url = format!("{}/aidant/enrolment/{}", env.broker(), e.token);
             let r = http.get(&url).send().await.unwrap();
             assert_eq!(r.status(), 200);
-            let html = r.text().await.unwrap();
-            let pending = html
-                .split("id=\"totp-secret\">")
-                .nth(1)
-                .and_then(|rest| rest.split('<').next())
-                .unwrap()
-                .to_string();
+            let pending = enrolment_secret(&http, &url).await;
+            let proof = enrolment::sign_proof(&key, &e.token, &aidant_id, t);
             let new_secret = if demo {
                 let fixed = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
                 s.set_totp_secret(email, fixed, &Actor::Admin, &key, t)
@@ -2591,12 +2701,16 @@ async fn totp_reset_cancels_enrolment_links() {
             let r = http
                 .post(&url)
                 .form(&[
-                    ("password", PASSWORD),
+                    ("step", "code"),
+                    ("proof", proof.as_str()),
                     ("totp", totp::code_at(&pending, t).unwrap().as_str()),
                 ])
                 .send()
                 .await
                 .unwrap();
+            assert_eq!(r.status(), 404, "demo={demo}");
+            let r =
+                enrolment_step(&http, &url, &[("step", "password"), ("password", PASSWORD)]).await;
             assert_eq!(r.status(), 404, "demo={demo}");
             // The secret set by the reset stays the aidant's.
             refused(
