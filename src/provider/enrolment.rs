@@ -57,7 +57,9 @@ pub fn check_proof(key: &TotpKey, proof: &str, token: &str, aidant_id: &str, now
     let (Ok(issued_at), Ok(tag)) = (at.parse::<i64>(), B64.decode(tag)) else {
         return false;
     };
-    if issued_at > now + PROOF_SKEW_SECS || now - issued_at >= PROOF_TTL_SECS {
+    if issued_at > now.saturating_add(PROOF_SKEW_SECS)
+        || now.saturating_sub(issued_at) >= PROOF_TTL_SECS
+    {
         return false;
     }
     ring::hmac::verify(
@@ -296,6 +298,12 @@ mod tests {
         ));
         assert!(!check_proof(&key, &p, "other", "aid", 1000));
         assert!(!check_proof(&key, &p, "tok", "other", 1000));
+        // Extreme times are refused without overflowing.
+        for at in [i64::MIN, i64::MAX] {
+            let forged = format!("{at}.{}", p.split_once('.').unwrap().1);
+            assert!(!check_proof(&key, &forged, "tok", "aid", 1000));
+            assert!(!check_proof(&key, &forged, "tok", "aid", i64::MAX));
+        }
         let other = TotpKey::new(&[8u8; 32]).unwrap();
         assert!(!check_proof(&other, &p, "tok", "aid", 1000));
         // The time is signed: moving it forward breaks the tag.
