@@ -29,6 +29,11 @@ pub struct AidantsConfig {
     /// `relais serve` (only when the journal grew); 0 turns it off.
     #[serde(default = "default_journal_head_interval")]
     pub journal_head_interval_secs: u64,
+    /// Seconds between two retention purges run by `relais serve` (with
+    /// `retention_days`); 0 turns them off (then run `relais aidants purge`
+    /// from cron).
+    #[serde(default = "default_purge_usagers_interval")]
+    pub purge_usagers_interval_secs: u64,
     /// Procedure domains mandates may cover (organisations may restrict
     /// them further; services' `delegation_domains` must be among them).
     #[serde(default = "default_domains")]
@@ -40,6 +45,7 @@ impl Default for AidantsConfig {
         AidantsConfig {
             retention_days: default_retention_days(),
             journal_head_interval_secs: default_journal_head_interval(),
+            purge_usagers_interval_secs: default_purge_usagers_interval(),
             domains: default_domains(),
         }
     }
@@ -53,6 +59,9 @@ fn default_retention_days() -> u32 {
 }
 fn default_journal_head_interval() -> u64 {
     3600
+}
+fn default_purge_usagers_interval() -> u64 {
+    86_400
 }
 fn default_domains() -> Vec<String> {
     crate::mandates::DEFAULT_DOMAINS
@@ -492,6 +501,11 @@ impl Config {
         if !(1..=36_500).contains(&a.retention_days) {
             errs.push("aidants.retention_days must be 1 to 36500".into());
         }
+        if a.purge_usagers_interval_secs > MAX_JOURNAL_HEAD_INTERVAL_SECS {
+            errs.push(format!(
+                "aidants.purge_usagers_interval_secs must be at most {MAX_JOURNAL_HEAD_INTERVAL_SECS} (31 days)"
+            ));
+        }
         if a.journal_head_interval_secs > MAX_JOURNAL_HEAD_INTERVAL_SECS {
             errs.push(format!(
                 "aidants.journal_head_interval_secs must be at most {MAX_JOURNAL_HEAD_INTERVAL_SECS} (31 days)"
@@ -835,6 +849,7 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         let c = Config::from_toml_with_env(MIN, vec![]).unwrap();
         assert_eq!(c.aidants.retention_days, 1825);
         assert_eq!(c.aidants.journal_head_interval_secs, 3600);
+        assert_eq!(c.aidants.purge_usagers_interval_secs, 86_400);
         assert_eq!(c.aidants.domains, crate::mandates::DEFAULT_DOMAINS);
         let custom = format!(
             "{MIN}delegation_domains = [\"impots\"]\n\
@@ -879,6 +894,11 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert!(e.contains("journal_head_interval_secs"), "{e}");
         let text = format!("{MIN}[aidants]\njournal_head_interval_secs = 2678400\n");
         assert!(Config::from_toml_with_env(&text, vec![]).is_ok());
+        let text = format!("{MIN}[aidants]\npurge_usagers_interval_secs = 2678401\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("purge_usagers_interval_secs"), "{e}");
         let text = format!("{MIN}[aidants]\nretention_days = 0\n");
         let e = Config::from_toml_with_env(&text, vec![])
             .unwrap_err()

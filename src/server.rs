@@ -50,6 +50,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         state.clone(),
         config.aidants.journal_head_interval_secs,
     );
+    crate::mandates::journal::spawn_retention_purge(
+        state.clone(),
+        config.aidants.purge_usagers_interval_secs,
+        config.aidants.retention_days,
+    );
     let app = crate::app(state.clone());
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => Some(tls_config(c, k)?),

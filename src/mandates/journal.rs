@@ -517,6 +517,38 @@ pub fn head_signing_key(state: &AppState) -> Option<(String, Arc<SigningKey>)> {
     })
 }
 
+/// Started by `relais serve` when `[aidants] purge_usagers_interval_secs` is
+/// not 0: every interval (the first one interval after start), purge the
+/// personal data of usagers whose mandates all ended more than
+/// `retention_days` ago (`Store::purge_usagers`, journalled as
+/// `usagers.purged` by `system:serve`).
+pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention_days: u32) {
+    if interval_secs == 0 {
+        return;
+    }
+    let interval_secs = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
+    tokio::spawn(async move {
+        let period = std::time::Duration::from_secs(interval_secs);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state
+                .store
+                .purge_usagers(
+                    i64::from(retention_days),
+                    &super::Actor::System,
+                    state.now(),
+                )
+                .await
+            {
+                Ok(n) => tracing::info!(usagers = n, retention_days, "retention purge done"),
+                Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+            }
+        }
+    });
+}
+
 /// Started by `relais serve` when `[aidants] journal_head_interval_secs` is
 /// not 0: every interval, sign the journal head if the chain grew.
 pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {

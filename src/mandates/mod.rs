@@ -95,6 +95,8 @@ pub enum Actor {
     Aidant(String),
     /// An usager, by id.
     Usager(String),
+    /// `relais serve` itself (scheduled tasks such as the retention purge).
+    System,
 }
 
 impl Actor {
@@ -105,6 +107,7 @@ impl Actor {
             Actor::Admin => "admin:cli".to_string(),
             Actor::Aidant(id) => format!("aidant:{id}"),
             Actor::Usager(id) => format!("usager:{id}"),
+            Actor::System => "system:serve".to_string(),
         }
     }
 }

@@ -1108,6 +1108,8 @@ impl Store {
         let (org_id, usager_id) = row.ok_or(MandateError::NotFound("mandate"))?;
         let allowed = match actor {
             Actor::Admin => true,
+            // Scheduled tasks never revoke.
+            Actor::System => false,
             Actor::Usager(u) => *u == usager_id,
             Actor::Aidant(a) => {
                 let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(

@@ -2160,6 +2160,67 @@ async fn serve_signs_journal_heads_periodically() {
     }
 }
 
+/// `relais serve` runs the retention purge by itself every
+/// `purge_usagers_interval_secs`: an usager whose mandates all ended more
+/// than `retention_days` ago loses their personal data, journalled by
+/// `system:serve`, and the journal still verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_runs_the_retention_purge() {
+    for db in databases() {
+        let env = Env::start_with(
+            db,
+            String::new(),
+            vec![
+                (
+                    "RELAIS__AIDANTS__PURGE_USAGERS_INTERVAL_SECS".into(),
+                    "1".into(),
+                ),
+                ("RELAIS__AIDANTS__RETENTION_DAYS".into(), "1".into()),
+            ],
+            false,
+        )
+        .await;
+        let state = &env.stack.state;
+        let s = &state.store;
+        let now = state.now();
+        let (org, aidant, _) = org_and_aidant(s, "p@mairie.fr").await;
+        let old = s
+            .upsert_usager("key-old-enough", &salt(), now - 10 * DAY)
+            .await
+            .unwrap();
+        s.set_usager_claims(&old, &json!({"given_name": "old"}).to_string())
+            .await
+            .unwrap();
+        // One day of mandate, ended nine days ago.
+        mandate_at(s, &org, &aidant, &old, now - 10 * DAY, 1).await;
+        let recent = s
+            .upsert_usager("key-still-active", &salt(), now - 10 * DAY)
+            .await
+            .unwrap();
+        mandate_at(s, &org, &aidant, &recent, now - DAY, 30).await;
+        let mut purged = None;
+        for _ in 0..100 {
+            purged = s.usager_purged_at(&old).await.unwrap();
+            if purged.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(purged.is_some(), "the old usager was not purged");
+        assert_eq!(s.usager_purged_at(&recent).await.unwrap(), None);
+        let entries = s.journal_page(0, 10_000).await.unwrap();
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.kind == "usagers.purged" && e.actor == "system:serve"),
+            "purge journalled by the server"
+        );
+        let keys: Vec<Arc<KeySet>> = state.federations.iter().map(|f| f.keys.get()).collect();
+        journal::verify_with_keys(s, &keys).await.unwrap();
+        env.cleanup().await;
+    }
+}
+
 /// Every page of the enrolment flow is neither cached nor sent as a referrer.
 fn private_page(r: &reqwest::Response) {
     assert_eq!(r.headers()["cache-control"], "no-store");
