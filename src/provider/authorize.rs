@@ -974,56 +974,10 @@ pub async fn callback(
     };
     tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
     let now = ctx.now();
-
-    // Mandate creation: the usager's sign-in stays in the interaction (the
-    // browser is the aidant's: no broker session for the usager), and the
-    // recap page follows.
-    if inter.mandate_draft.is_some() || inter.usager_consultation {
-        let mut updated = inter.clone();
-        updated.pending = None;
-        updated.state_hash = None;
-        updated.authn = Some(Authn {
-            subject_key,
-            public_sub,
-            display_name,
-            claims,
-            provider: provider.cfg.id.clone(),
-            acr: login.acr,
-            amr: login.amr,
-            auth_time: now,
-            sid: random_token(16),
-            upstream_id_token: String::new(),
-            delegation: None,
-        });
-        let idata = serde_json::to_string(&updated).map_err(AppError::internal)?;
-        if !ctx
-            .app
-            .store
-            .update_if(
-                Kind::Interaction,
-                interaction_id,
-                &fed.id,
-                &inter_raw,
-                &idata,
-                now + fed.cfg.interaction_ttl_secs,
-            )
-            .await?
-        {
-            return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
-        }
-        let page = if inter.usager_consultation {
-            "usager"
-        } else {
-            "mandat"
-        };
-        return Ok(redirect(
-            &fed.url(&format!("/interaction/{interaction_id}/{page}")),
-        ));
-    }
-
-    // New session id after authentication (session fixation).
-    let value = random_token(32);
-    let new_sid = session_key(&value);
+    // Mandate creation and the usager's own page: the sign-in stays in the
+    // interaction (for a mandate the browser is the aidant's: no broker
+    // session for the usager), and their own page follows.
+    let own_page = inter.mandate_draft.is_some() || inter.usager_consultation;
     let authn = Authn {
         subject_key,
         public_sub,
@@ -1032,22 +986,27 @@ pub async fn callback(
         provider: provider.cfg.id.clone(),
         acr: login.acr,
         amr: login.amr,
-        auth_time: ctx.now(),
+        auth_time: now,
         sid: random_token(16),
-        upstream_id_token: login.id_token,
+        // Only a broker session needs it (upstream logout).
+        upstream_id_token: if own_page {
+            String::new()
+        } else {
+            login.id_token
+        },
         delegation: None,
     };
-    let data = serde_json::to_string(&SessionData {
-        authn: Some(authn.clone()),
-        aidant: None,
-    })
-    .map_err(AppError::internal)?;
-    let now = ctx.now();
     let mut updated = inter.clone();
-    updated.session = new_sid.clone();
     updated.pending = None;
     updated.state_hash = None;
-    updated.authn = Some(authn);
+    updated.authn = Some(authn.clone());
+    // A broker session gets a new id after authentication (session fixation).
+    let new_session = (!own_page).then(|| {
+        let value = random_token(32);
+        let sid = session_key(&value);
+        updated.session = sid.clone();
+        (value, sid)
+    });
     let idata = serde_json::to_string(&updated).map_err(AppError::internal)?;
     // Single use of the upstream state: only one callback can move the
     // interaction on (compare-and-swap on its stored form).
@@ -1066,6 +1025,21 @@ pub async fn callback(
     {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
     }
+    let Some((value, new_sid)) = new_session else {
+        let page = if inter.usager_consultation {
+            "usager"
+        } else {
+            "mandat"
+        };
+        return Ok(redirect(
+            &fed.url(&format!("/interaction/{interaction_id}/{page}")),
+        ));
+    };
+    let data = serde_json::to_string(&SessionData {
+        authn: Some(authn),
+        aidant: None,
+    })
+    .map_err(AppError::internal)?;
     ctx.app
         .store
         .put(

@@ -218,3 +218,61 @@ async fn short_lived_rows_codes_tokens_jti_registry_and_purge() {
         close(schema, dir).await;
     }
 }
+
+/// `take_bound` only takes a live row whose data holds the binding, verbatim
+/// (no pattern characters), and leaves any other row in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn take_bound_matches_the_binding_only() {
+    for db in databases() {
+        let (s, schema, dir) = open(&db).await;
+        let now = 1_000_000;
+        let data = r#"{"csrf":"c","session":"abc_1"}"#;
+        s.put(Kind::Interaction, "i1", "citizen", data, now + 10)
+            .await
+            .unwrap();
+        for wrong in [
+            r#""session":"abc_2""#,
+            r#""session":"abc%""#,
+            r#""session":"abc__""#,
+            r#""session":"ABC_1""#,
+        ] {
+            assert_eq!(
+                s.take_bound(Kind::Interaction, "i1", "citizen", wrong, now)
+                    .await
+                    .unwrap(),
+                None,
+                "{wrong}"
+            );
+        }
+        let binding = r#""session":"abc_1""#;
+        assert_eq!(
+            s.take_bound(Kind::Interaction, "i1", "agent", binding, now)
+                .await
+                .unwrap(),
+            None,
+            "another federation"
+        );
+        assert_eq!(
+            s.get(Kind::Interaction, "i1", "citizen", now)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(data),
+            "nothing removed by a wrong binding"
+        );
+        assert_eq!(
+            s.take_bound(Kind::Interaction, "i1", "citizen", binding, now)
+                .await
+                .unwrap(),
+            Some((data.to_string(), now + 10))
+        );
+        assert_eq!(
+            s.get(Kind::Interaction, "i1", "citizen", now)
+                .await
+                .unwrap(),
+            None,
+            "single use"
+        );
+        close(schema, dir).await;
+    }
+}
