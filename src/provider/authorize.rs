@@ -152,6 +152,22 @@ impl Ctx {
         with_query(&req.redirect_uri, &p)
     }
 
+    /// Error page for this sign-in, with a link returning `access_denied`
+    /// (and the original state) to the service.
+    pub(crate) fn refuse(
+        &self,
+        req: &AuthRequest,
+        status: StatusCode,
+        code: &'static str,
+    ) -> AppError {
+        self.page_error(
+            req.lang,
+            status,
+            code,
+            Some(self.back_url(req, "access_denied")),
+        )
+    }
+
     pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.fed.clients.get(id)
     }
@@ -594,11 +610,10 @@ async fn agent_next(
             inter.candidates = Some(list);
             Ok(fed.url(&format!("/interaction/{id}")))
         }
-        Route::NoMatch => Err(ctx.page_error(
-            inter.req.lang,
+        Route::NoMatch => Err(ctx.refuse(
+            &inter.req,
             StatusCode::BAD_REQUEST,
             "no_provider_for_domain",
-            Some(ctx.back_url(&inter.req, "access_denied")),
         )),
     }
 }
@@ -833,12 +848,7 @@ pub async fn choose_submit(
         .as_ref()
         .is_some_and(|c| !c.contains(&provider))
     {
-        return Err(ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            Some(ctx.back_url(&inter.req, "access_denied")),
-        ));
+        return Err(ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "invalid_request"));
     }
     let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
@@ -1136,14 +1146,7 @@ fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
         .authn
         .clone()
         .filter(|_| inter.mandate_draft.is_none() && !inter.usager_consultation)
-        .ok_or_else(|| {
-            ctx.page_error(
-                inter.req.lang,
-                StatusCode::BAD_REQUEST,
-                "interaction_expired",
-                Some(ctx.back_url(&inter.req, "access_denied")),
-            )
-        })
+        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "interaction_expired"))
 }
 
 pub async fn consent_page(
