@@ -41,6 +41,9 @@ pub struct Federation {
     pub cookie_path: String,
     pub base: PageBase,
     pub pairwise_secret: Vec<u8>,
+    /// The discovery document, serialised once per key set (it lists the
+    /// active signing algorithms, which a rotation may change).
+    pub discovery: std::sync::Mutex<Option<(Arc<crate::crypto::KeySet>, Arc<str>)>>,
 }
 
 impl Federation {
@@ -225,6 +228,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
             providers,
             base,
             pairwise_secret: f.pairwise_secret.as_bytes().to_vec(),
+            discovery: Default::default(),
             cfg: f.clone(),
         }));
     }

@@ -277,14 +277,36 @@ pub async fn load_session(ctx: &Ctx, id: &str) -> Result<Option<SessionData>, Ap
 }
 
 async fn discovery(State(ctx): State<Ctx>) -> Response {
-    let f = &ctx.fed;
-    let algs: Vec<&str> = f
-        .keys
-        .get()
-        .active_algs()
-        .into_iter()
-        .map(|a| a.as_str())
-        .collect();
+    let keys = ctx.fed.keys.get();
+    let cached = ctx.fed.discovery.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(k, _)| Arc::ptr_eq(k, &keys))
+            .map(|(_, doc)| doc.clone())
+    });
+    let doc = match cached {
+        Some(doc) => doc,
+        None => {
+            let doc: Arc<str> = discovery_document(&ctx.fed, &keys).into();
+            if let Ok(mut c) = ctx.fed.discovery.lock() {
+                *c = Some((keys, doc.clone()));
+            }
+            doc
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+/// The federation's OpenID Provider metadata, as JSON text.
+fn discovery_document(f: &Federation, keys: &crate::crypto::KeySet) -> String {
+    let algs: Vec<&str> = keys.active_algs().into_iter().map(|a| a.as_str()).collect();
     let scopes: Vec<&str> = f.cfg.profile.scopes().to_vec();
     let claims_supported = match f.cfg.profile {
         crate::config::Profile::Citizen => claims::CLAIMS_SUPPORTED
@@ -323,15 +345,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Response {
         "frontchannel_logout_supported": false,
         "backchannel_logout_supported": false,
     });
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-        ],
-        doc.to_string(),
-    )
-        .into_response()
+    doc.to_string()
 }
 
 async fn jwks(State(ctx): State<Ctx>) -> Response {
