@@ -30,14 +30,13 @@ pub struct Store {
 /// at once; then one request (the probe) goes through: its success closes
 /// the breaker, its failure opens it again. SQLite (an embedded file) has no
 /// breaker.
-#[derive(Default)]
 pub struct Breaker {
     enabled: bool,
     /// Milliseconds since `epoch` until which the breaker is open; 0: closed.
     open_until: std::sync::atomic::AtomicU64,
     /// Pool timeouts since the last success.
     timeouts: std::sync::atomic::AtomicU32,
-    epoch: std::sync::OnceLock<std::time::Instant>,
+    epoch: std::time::Instant,
 }
 
 impl Breaker {
@@ -47,14 +46,15 @@ impl Breaker {
     fn new(enabled: bool) -> Breaker {
         Breaker {
             enabled,
-            ..Breaker::default()
+            open_until: Default::default(),
+            timeouts: Default::default(),
+            epoch: std::time::Instant::now(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(std::time::Instant::now);
         // +1: 0 means "closed".
-        epoch.elapsed().as_millis() as u64 + 1
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     /// Whether this call must fail at once.

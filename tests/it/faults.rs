@@ -113,13 +113,6 @@ impl Nodes {
     }
 }
 
-fn hidden(html: &str, name: &str) -> Option<String> {
-    let key = format!("name=\"{name}\" value=\"");
-    let i = html.find(&key)? + key.len();
-    let j = html[i..].find('"')? + i;
-    Some(html[i..j].to_string())
-}
-
 fn query_param(url: &str, name: &str) -> Option<String> {
     reqwest::Url::parse(url)
         .ok()?
@@ -194,10 +187,11 @@ async fn signin_inner(nodes: &Nodes, login: &str) -> Result<String, Outcome> {
     if status != 200 {
         return Err(nodes.failure("consent page", status, &html));
     }
-    let csrf = hidden(&html, "csrf").ok_or_else(|| Outcome::Bad("no csrf".into()))?;
-    let mut fields = vec![("csrf", csrf.as_str()), ("decision", "accept")];
+    // The page's own hidden fields (its CSRF token), then the answer.
+    let (_, mut fields) = form(&html);
+    fields.push(("decision".into(), "accept".into()));
     if html.contains("name=\"consent\"") {
-        fields.push(("consent", "yes"));
+        fields.push(("consent".into(), "yes".into()));
     }
     let r = nodes
         .send("consent", |i| {
