@@ -1012,10 +1012,9 @@ pub async fn callback(
     updated.authn = Some(authn.clone());
     // A broker session gets a new id after authentication (session fixation).
     let new_session = (!own_page).then(|| {
-        let value = random_token(32);
-        let sid = session_key(&value);
-        updated.session = sid.clone();
-        (value, sid)
+        let session = super::NewSession::new();
+        updated.session = session.id.clone();
+        session
     });
     let idata = serde_json::to_string(&updated).map_err(AppError::internal)?;
     // Single use of the upstream state: only one callback can move the
@@ -1035,7 +1034,7 @@ pub async fn callback(
     {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
     }
-    let Some((value, new_sid)) = new_session else {
+    let Some(session) = new_session else {
         let page = if inter.usager_consultation {
             "usager"
         } else {
@@ -1045,33 +1044,18 @@ pub async fn callback(
             &fed.url(&format!("/interaction/{interaction_id}/{page}")),
         ));
     };
-    let data = serde_json::to_string(&SessionData {
-        authn: Some(authn),
-        aidant: None,
-    })
-    .map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Session,
-            &new_sid,
-            &fed.id,
-            &data,
-            now + fed.cfg.session_ttl_secs,
+    session
+        .begin(
+            &ctx,
+            &SessionData {
+                authn: Some(authn),
+                aidant: None,
+            },
+            inter.had_session.then_some(inter.session.as_str()),
+            now,
+            redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction))),
         )
-        .await?;
-    if inter.had_session {
-        ctx.app
-            .store
-            .delete(Kind::Session, &inter.session, &fed.id)
-            .await?;
-    }
-    let mut resp = redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction)));
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie(&ctx, &value, fed.cfg.session_ttl_secs),
-    );
-    Ok(resp)
+        .await
 }
 
 async fn registry_check(

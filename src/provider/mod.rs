@@ -216,6 +216,65 @@ pub fn set_cookie(ctx: &Ctx, value: &str, max_age: i64) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
 }
 
+/// A session about to begin after an authentication: a new id (session
+/// fixation), made before it is stored so that it can be written elsewhere
+/// first (the interaction's binding).
+pub struct NewSession {
+    /// The cookie's value.
+    value: String,
+    /// The stored id (hash of the value).
+    pub id: String,
+}
+
+impl Default for NewSession {
+    fn default() -> Self {
+        NewSession::new()
+    }
+}
+
+impl NewSession {
+    pub fn new() -> NewSession {
+        let value = crate::crypto::random_token(32);
+        let id = session_key(&value);
+        NewSession { value, id }
+    }
+
+    /// Store the session (deleting `replaces`, the browser's previous one)
+    /// and set its cookie on `resp`.
+    pub async fn begin(
+        self,
+        ctx: &Ctx,
+        data: &SessionData,
+        replaces: Option<&str>,
+        now: i64,
+        mut resp: Response,
+    ) -> Result<Response, AppError> {
+        let fed = &ctx.fed;
+        let json = serde_json::to_string(data).map_err(AppError::internal)?;
+        ctx.app
+            .store
+            .put(
+                crate::store::Kind::Session,
+                &self.id,
+                &fed.id,
+                &json,
+                now + fed.cfg.session_ttl_secs,
+            )
+            .await?;
+        if let Some(old) = replaces {
+            ctx.app
+                .store
+                .delete(crate::store::Kind::Session, old, &fed.id)
+                .await?;
+        }
+        resp.headers_mut().insert(
+            header::SET_COOKIE,
+            set_cookie(ctx, &self.value, fed.cfg.session_ttl_secs),
+        );
+        Ok(resp)
+    }
+}
+
 pub fn lang_from(headers: &HeaderMap, ui_locales: Option<&str>) -> Lang {
     let al = headers
         .get(header::ACCEPT_LANGUAGE)
