@@ -115,6 +115,18 @@ pub async fn org_list(config: &Config) -> Result<String, String> {
     Ok(out.trim_end().to_string())
 }
 
+/// The organisation with this SIRET, or an error saying there is none.
+async fn org_by_siret(
+    store: &crate::store::Store,
+    siret: &str,
+) -> Result<crate::mandates::Organisation, String> {
+    store
+        .organisation_by_siret(siret)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no organisation with SIRET {siret}"))
+}
+
 /// The link of an enrolment token: `{issuer}/aidant/enrolment/{token}` of
 /// the federation `citizen`, else of the first citizen-profile federation.
 fn enrolment_link(config: &Config, token: &str) -> Result<String, String> {
@@ -160,11 +172,7 @@ pub async fn aidant_create(
     let store = open_store(config).await?;
     let salt = salt(config)?;
     let key = totp_key(config)?;
-    let org = store
-        .organisation_by_siret(org_siret)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no organisation with SIRET {org_siret}"))?;
+    let org = org_by_siret(&store, org_siret).await?;
     let created = store
         .create_aidant(
             &NewAidant {
@@ -253,11 +261,7 @@ pub async fn encrypt_secrets(config: &Config) -> Result<String, String> {
 /// `relais aidants org-deactivate` / `org-activate`.
 pub async fn org_set_active(config: &Config, siret: &str, active: bool) -> Result<String, String> {
     let store = open_store(config).await?;
-    let org = store
-        .organisation_by_siret(siret)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no organisation with SIRET {siret}"))?;
+    let org = org_by_siret(&store, siret).await?;
     let changed = store
         .set_organisation_active(&org.id, active, &Actor::Admin, now())
         .await
@@ -301,11 +305,7 @@ pub async fn purge(config: &Config, retention_days: Option<u32>) -> Result<Strin
 
 pub async fn mandates(config: &Config, org_siret: &str) -> Result<String, String> {
     let store = open_store(config).await?;
-    let org = store
-        .organisation_by_siret(org_siret)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no organisation with SIRET {org_siret}"))?;
+    let org = org_by_siret(&store, org_siret).await?;
     let list = store
         .list_mandates(&org.id)
         .await

@@ -517,15 +517,17 @@ pub fn head_signing_key(state: &AppState) -> Option<(String, Arc<SigningKey>)> {
     })
 }
 
-/// Started by `relais serve` when `[aidants] purge_usagers_interval_secs` is
-/// not 0: every interval (the first one interval after start), purge the
-/// personal data of usagers whose mandates all ended more than
-/// `retention_days` ago (`Store::purge_usagers`, journalled as
-/// `usagers.purged` by `system:serve`).
-pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention_days: u32) {
+/// Run `task` every `interval_secs` seconds (the first run one interval
+/// after start, not at once), on a spawned task; nothing when 0.
+fn spawn_every<F, Fut>(interval_secs: u64, mut task: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     if interval_secs == 0 {
         return;
     }
+    // Validation caps it; clamp anyway so `Instant + period` cannot overflow.
     let interval_secs = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
     tokio::spawn(async move {
         let period = std::time::Duration::from_secs(interval_secs);
@@ -533,13 +535,24 @@ pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            task().await;
+        }
+    });
+}
+
+/// Started by `relais serve` when `[aidants] purge_usagers_interval_secs` is
+/// not 0: every interval (the first one interval after start), purge the
+/// personal data of usagers whose mandates all ended more than
+/// `retention_days` ago (`Store::purge_usagers`, journalled as
+/// `usagers.purged` by `system:serve`).
+pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention_days: u32) {
+    spawn_every(interval_secs, move || {
+        let state = state.clone();
+        async move {
+            let days = i64::from(retention_days);
             match state
                 .store
-                .purge_usagers(
-                    i64::from(retention_days),
-                    &super::Actor::System,
-                    state.now(),
-                )
+                .purge_usagers(days, &super::Actor::System, state.now())
                 .await
             {
                 Ok(n) => tracing::info!(usagers = n, retention_days, "retention purge done"),
@@ -552,35 +565,21 @@ pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention
 /// Started by `relais serve` when `[aidants] journal_head_interval_secs` is
 /// not 0: every interval, sign the journal head if the chain grew.
 pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {
-    if interval_secs == 0 {
-        return;
-    }
-    // Validation caps it; clamp anyway so `Instant + period` cannot overflow.
-    let interval_secs = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
-    let min_interval = i64::try_from(interval_secs).unwrap_or(i64::MAX);
-    tokio::spawn(async move {
-        // The first signature comes one interval after start, not at once.
-        let period = std::time::Duration::from_secs(interval_secs);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+    let clamped = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
+    let min_interval = i64::try_from(clamped).unwrap_or(i64::MAX);
+    // A little slack so that a node's own previous head (signed one
+    // interval ago) never makes it skip a turn.
+    let min_interval = min_interval - min_interval / 10;
+    spawn_every(interval_secs, move || {
+        let state = state.clone();
+        async move {
             let Some((fed, key)) = head_signing_key(&state) else {
                 tracing::warn!(
                     "journal head not signed: no citizen federation with an active ES256 key"
                 );
-                continue;
+                return;
             };
-            // A little slack so that a node's own previous head (signed one
-            // interval ago) never makes it skip a turn.
-            match sign_head_if_due(
-                &state.store,
-                &key,
-                state.now(),
-                min_interval - min_interval / 10,
-            )
-            .await
-            {
+            match sign_head_if_due(&state.store, &key, state.now(), min_interval).await {
                 Ok(Some(h)) => {
                     tracing::info!(federation = %fed, seq = h.seq, kid = %h.kid, "journal head signed")
                 }

@@ -14,7 +14,7 @@ use super::{Backend, Result, Store, StoreError};
 use crate::agent::identity::{normalise_email, valid_siret};
 use crate::crypto::random_token;
 use crate::crypto::secrets::{hash_secret, verify_secret};
-use crate::mandates::journal::{Entry, Event, Head, Pending};
+use crate::mandates::journal::{sha256_hex, Entry, Event, Head, Pending};
 use crate::mandates::secret::Opened;
 use crate::mandates::{
     totp, valid_domain_name, Actor, Aidant, AidantCreated, AidantLogin, Authorisation, Enrolment,
@@ -66,8 +66,60 @@ impl Tx {
     }
 
     /// Append an event without personal fields.
-    async fn record(&mut self, event: Event<'_>, now: i64) -> Result<Entry> {
+    async fn record(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        org_id: Option<&str>,
+        data: serde_json::Value,
+        now: i64,
+    ) -> Result<Entry> {
+        let event = Event {
+            kind,
+            actor,
+            org_id,
+            data,
+            personal: vec![],
+        };
         self.append(event.prepare(None, now)).await
+    }
+
+    /// Whether `sql` (selecting by `$1`) finds a row.
+    async fn exists(&mut self, sql: &str, id: &str) -> Result<bool> {
+        let row: Option<(String,)> = tx!(self, t => sqlx::query_as(sql)
+            .bind(id).fetch_optional(&mut **t).await)?;
+        Ok(row.is_some())
+    }
+
+    /// Whether the aidant belongs to the organisation.
+    async fn is_member(&mut self, aidant_id: &str, org_id: &str) -> Result<bool> {
+        let member: Option<(String,)> = tx!(self, t => sqlx::query_as(
+            "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
+            .bind(aidant_id).bind(org_id).fetch_optional(&mut **t).await)?;
+        Ok(member.is_some())
+    }
+
+    /// Give the aidant `email` the TOTP secret `secret` (sealed here) and
+    /// unlock the account; their unused enrolment links, which would
+    /// otherwise replace it, stop working. Returns (id, current_org).
+    async fn replace_secret(
+        &mut self,
+        email: &str,
+        key: &TotpKey,
+        secret: &str,
+    ) -> std::result::Result<(String, Option<String>), MandateError> {
+        let row: Option<(String, Option<String>)> = tx!(self, t => sqlx::query_as(
+            "SELECT id, current_org FROM aidants WHERE email = $1")
+            .bind(email).fetch_optional(&mut **t).await)?;
+        let (id, current_org) = row.ok_or(MandateError::NotFound("aidant"))?;
+        let sealed = key.seal(&id, secret).map_err(StoreError::Other)?;
+        tx!(self, t => sqlx::query(
+            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
+            .bind(&sealed).bind(&id).execute(&mut **t).await.map(|_| ()))?;
+        tx!(self, t => sqlx::query(
+            "DELETE FROM aidant_enrolments WHERE aidant_id = $1 AND used_at IS NULL")
+            .bind(&id).execute(&mut **t).await.map(|_| ()))?;
+        Ok((id, current_org))
     }
 }
 
@@ -81,6 +133,7 @@ type AuthRow = (
     Option<i64>,
     Option<String>,
 );
+type SecretRow = (String, String, String, i64, i64, Option<String>);
 type MandateRow = (String, String, String, String, String, String, i64);
 
 fn org_from(row: OrgRow) -> Result<Organisation> {
@@ -184,6 +237,7 @@ async fn reseal_if_plain(
     Ok(())
 }
 
+const ORG_COLUMNS: &str = "id, name, siret, active, domains, created_at";
 const MANDATE_COLUMNS: &str =
     "id, org_id, usager_id, created_by, consent_version, consent_hash, created_at";
 const AUTH_COLUMNS: &str =
@@ -350,15 +404,11 @@ impl Store {
                 "an organisation with SIRET {siret} already exists"
             )));
         }
-        let actor_name = actor.name();
         tx.record(
-            Event {
-                kind: "organisation.created",
-                actor: &actor_name,
-                org_id: Some(&id),
-                data: json!({"name": name, "siret": siret, "domains": list}),
-                personal: vec![],
-            },
+            "organisation.created",
+            &actor.name(),
+            Some(&id),
+            json!({"name": name, "siret": siret, "domains": list}),
             now,
         )
         .await?;
@@ -375,7 +425,7 @@ impl Store {
 
     pub async fn list_organisations(&self) -> Result<Vec<Organisation>> {
         let rows: Vec<OrgRow> = on!(self, p => sqlx::query_as(
-            "SELECT id, name, siret, active, domains, created_at FROM organisations ORDER BY name, siret")
+            &format!("SELECT {ORG_COLUMNS} FROM organisations ORDER BY name, siret"))
             .fetch_all(p).await)?;
         rows.into_iter().map(org_from).collect()
     }
@@ -383,14 +433,14 @@ impl Store {
     pub async fn organisation_by_siret(&self, siret: &str) -> Result<Option<Organisation>> {
         let siret: String = siret.chars().filter(|c| !c.is_whitespace()).collect();
         let row: Option<OrgRow> = on!(self, p => sqlx::query_as(
-            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE siret = $1")
+            &format!("SELECT {ORG_COLUMNS} FROM organisations WHERE siret = $1"))
             .bind(&siret).fetch_optional(p).await)?;
         row.map(org_from).transpose()
     }
 
     pub async fn organisation(&self, id: &str) -> Result<Option<Organisation>> {
         let row: Option<OrgRow> = on!(self, p => sqlx::query_as(
-            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE id = $1")
+            &format!("SELECT {ORG_COLUMNS} FROM organisations WHERE id = $1"))
             .bind(id).fetch_optional(p).await)?;
         row.map(org_from).transpose()
     }
@@ -428,10 +478,10 @@ impl Store {
         let id = random_token(16);
         let sealed = key.seal(&id, &secret).map_err(StoreError::Other)?;
         let mut tx = self.begin_write().await?;
-        let org: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id FROM organisations WHERE id = $1")
-            .bind(new.org_id).fetch_optional(&mut **t).await)?;
-        if org.is_none() {
+        if !tx
+            .exists("SELECT id FROM organisations WHERE id = $1", new.org_id)
+            .await?
+        {
             return Err(MandateError::NotFound("organisation"));
         }
         let n = tx!(&mut tx, t => sqlx::query(
@@ -447,11 +497,10 @@ impl Store {
             "INSERT INTO aidant_orgs (aidant_id, org_id, role) VALUES ($1, $2, $3)")
             .bind(&id).bind(new.org_id).bind(new.role.as_str())
             .execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = actor.name();
         tx.append(
             Event {
                 kind: "aidant.created",
-                actor: &actor_name,
+                actor: &actor.name(),
                 org_id: Some(new.org_id),
                 data: json!({"aidant_id": id, "role": new.role.as_str()}),
                 personal: vec![("email", email.clone()), ("name", name.to_string())],
@@ -477,16 +526,16 @@ impl Store {
         now: i64,
     ) -> std::result::Result<(), MandateError> {
         let mut tx = self.begin_write().await?;
-        let org: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id FROM organisations WHERE id = $1")
-            .bind(org_id).fetch_optional(&mut **t).await)?;
-        if org.is_none() {
+        if !tx
+            .exists("SELECT id FROM organisations WHERE id = $1", org_id)
+            .await?
+        {
             return Err(MandateError::NotFound("organisation"));
         }
-        let aidant: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id FROM aidants WHERE id = $1")
-            .bind(aidant_id).fetch_optional(&mut **t).await)?;
-        if aidant.is_none() {
+        if !tx
+            .exists("SELECT id FROM aidants WHERE id = $1", aidant_id)
+            .await?
+        {
             return Err(MandateError::NotFound("aidant"));
         }
         tx!(&mut tx, t => sqlx::query(
@@ -497,15 +546,11 @@ impl Store {
             "UPDATE aidants SET current_org = $1 WHERE id = $2 AND current_org IS NULL")
             .bind(org_id).bind(aidant_id)
             .execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = actor.name();
         tx.record(
-            Event {
-                kind: "aidant.org_added",
-                actor: &actor_name,
-                org_id: Some(org_id),
-                data: json!({"aidant_id": aidant_id, "role": role.as_str()}),
-                personal: vec![],
-            },
+            "aidant.org_added",
+            &actor.name(),
+            Some(org_id),
+            json!({"aidant_id": aidant_id, "role": role.as_str()}),
             now,
         )
         .await?;
@@ -521,23 +566,16 @@ impl Store {
         now: i64,
     ) -> std::result::Result<(), MandateError> {
         let mut tx = self.begin_write().await?;
-        let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
-            .bind(aidant_id).bind(org_id).fetch_optional(&mut **t).await)?;
-        if member.is_none() {
+        if !tx.is_member(aidant_id, org_id).await? {
             return Err(MandateError::NotAllowed);
         }
         tx!(&mut tx, t => sqlx::query("UPDATE aidants SET current_org = $1 WHERE id = $2")
             .bind(org_id).bind(aidant_id).execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
         tx.record(
-            Event {
-                kind: "aidant.org_switched",
-                actor: &actor_name,
-                org_id: Some(org_id),
-                data: json!({"aidant_id": aidant_id}),
-                personal: vec![],
-            },
+            "aidant.org_switched",
+            &Actor::Aidant(aidant_id.to_string()).name(),
+            Some(org_id),
+            json!({"aidant_id": aidant_id}),
             now,
         )
         .await?;
@@ -588,29 +626,12 @@ impl Store {
     ) -> std::result::Result<AidantCreated, MandateError> {
         let email = normalise_email(email).ok_or(MandateError::NotFound("aidant"))?;
         let mut tx = self.begin_write().await?;
-        let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id, current_org FROM aidants WHERE email = $1")
-            .bind(&email).fetch_optional(&mut **t).await)?;
-        let Some((id, current_org)) = row else {
-            return Err(MandateError::NotFound("aidant"));
-        };
-        let sealed = key.seal(&id, &secret).map_err(StoreError::Other)?;
-        tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
-            .bind(&sealed).bind(&id).execute(&mut **t).await.map(|_| ()))?;
-        // Unused enrolment links would otherwise replace the secret just set.
-        tx!(&mut tx, t => sqlx::query(
-            "DELETE FROM aidant_enrolments WHERE aidant_id = $1 AND used_at IS NULL")
-            .bind(&id).execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = actor.name();
+        let (id, current_org) = tx.replace_secret(&email, key, &secret).await?;
         tx.record(
-            Event {
-                kind: "aidant.totp_reset",
-                actor: &actor_name,
-                org_id: current_org.as_deref(),
-                data: json!({"aidant_id": id}),
-                personal: vec![],
-            },
+            "aidant.totp_reset",
+            &actor.name(),
+            current_org.as_deref(),
+            json!({"aidant_id": id}),
             now,
         )
         .await?;
@@ -643,9 +664,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let orgs: Vec<(String, String)> = on!(self, p => sqlx::query_as(
-            "SELECT org_id, role FROM aidant_orgs WHERE aidant_id = $1 ORDER BY org_id")
-            .bind(&id).fetch_all(p).await)?;
+        let orgs = self.aidant_memberships(&id).await?;
         Ok(Some(Aidant {
             id,
             email,
@@ -655,10 +674,7 @@ impl Store {
             locked_until,
             totp_last_step,
             created_at,
-            orgs: orgs
-                .into_iter()
-                .filter_map(|(o, r)| Role::parse(&r).map(|r| (o, r)))
-                .collect(),
+            orgs,
         }))
     }
 
@@ -690,10 +706,7 @@ impl Store {
             burn_argon2(password).await;
             return Err(LoginError::Refused);
         };
-        #[allow(clippy::type_complexity)]
-        let row: Option<(String, String, String, i64, i64, Option<String>)> = on!(self, p => sqlx::query_as(
-            "SELECT id, password_hash, totp_secret, totp_last_step, locked_until, current_org FROM aidants WHERE email = $1")
-            .bind(&email).fetch_optional(p).await)?;
+        let row = self.aidant_secret("email", &email).await?;
         let Some((id, password_hash, secret, last_step, locked_until, current_org)) = row else {
             burn_argon2(password).await;
             return Err(LoginError::Refused);
@@ -709,30 +722,16 @@ impl Store {
         let opened = open_secret(key, &id, &secret)?;
         let step = totp::verify(opened.secret(), code, now, last_step);
         let (true, Some(step)) = (password_ok, step) else {
-            self.aidant_failure(&id, now).await?;
-            return Err(LoginError::Refused);
+            return self.refuse(&id, now).await;
         };
-        let mut tx = self.begin_write().await?;
-        // Consume the step only if no one used it (or a later one) meanwhile.
-        let n = tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3 AND totp_secret = $4")
-            .bind(step).bind(&id).bind(now).bind(&secret)
-            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
-        if n == 0 {
-            drop(tx);
-            self.aidant_failure(&id, now).await?;
-            return Err(LoginError::Refused);
-        }
-        reseal_if_plain(&mut tx, key, &id, &secret, &opened).await?;
-        let actor_name = Actor::Aidant(id.clone()).name();
+        let mut tx = self
+            .consume_totp_step(&id, step, &secret, &opened, key, now)
+            .await?;
         tx.record(
-            Event {
-                kind: "aidant.signed_in",
-                actor: &actor_name,
-                org_id: current_org.as_deref(),
-                data: json!({"aidant_id": id, "amr": ["pwd", "otp"]}),
-                personal: vec![],
-            },
+            "aidant.signed_in",
+            &Actor::Aidant(id.clone()).name(),
+            current_org.as_deref(),
+            json!({"aidant_id": id, "amr": ["pwd", "otp"]}),
             now,
         )
         .await?;
@@ -756,10 +755,8 @@ impl Store {
         key: &TotpKey,
         now: i64,
     ) -> std::result::Result<AidantLogin, LoginError> {
-        let row: Option<(String, i64, i64, Option<String>)> = on!(self, p => sqlx::query_as(
-            "SELECT totp_secret, totp_last_step, locked_until, current_org FROM aidants WHERE id = $1")
-            .bind(aidant_id).fetch_optional(p).await)?;
-        let Some((secret, last_step, locked_until, current_org)) = row else {
+        let row = self.aidant_secret("id", aidant_id).await?;
+        let Some((_, _, secret, last_step, locked_until, current_org)) = row else {
             return Err(LoginError::Refused);
         };
         if locked_until > now {
@@ -767,29 +764,16 @@ impl Store {
         }
         let opened = open_secret(key, aidant_id, &secret)?;
         let Some(step) = totp::verify(opened.secret(), code, now, last_step) else {
-            self.aidant_failure(aidant_id, now).await?;
-            return Err(LoginError::Refused);
+            return self.refuse(aidant_id, now).await;
         };
-        let mut tx = self.begin_write().await?;
-        let n = tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3 AND totp_secret = $4")
-            .bind(step).bind(aidant_id).bind(now).bind(&secret)
-            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
-        if n == 0 {
-            drop(tx);
-            self.aidant_failure(aidant_id, now).await?;
-            return Err(LoginError::Refused);
-        }
-        reseal_if_plain(&mut tx, key, aidant_id, &secret, &opened).await?;
-        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
+        let mut tx = self
+            .consume_totp_step(aidant_id, step, &secret, &opened, key, now)
+            .await?;
         tx.record(
-            Event {
-                kind: "aidant.totp_confirmed",
-                actor: &actor_name,
-                org_id: current_org.as_deref(),
-                data: json!({"aidant_id": aidant_id, "purpose": purpose}),
-                personal: vec![],
-            },
+            "aidant.totp_confirmed",
+            &Actor::Aidant(aidant_id.to_string()).name(),
+            current_org.as_deref(),
+            json!({"aidant_id": aidant_id, "purpose": purpose}),
             now,
         )
         .await?;
@@ -799,6 +783,48 @@ impl Store {
             current_org,
             totp_step: step,
         })
+    }
+
+    /// (id, password hash, stored TOTP secret, last TOTP step, locked
+    /// until, current organisation) of the aidant whose `column` is `value`.
+    async fn aidant_secret(&self, column: &'static str, value: &str) -> Result<Option<SecretRow>> {
+        let row: Option<SecretRow> = on!(self, p => sqlx::query_as(&format!(
+            "SELECT id, password_hash, totp_secret, totp_last_step, locked_until, current_org FROM aidants WHERE {column} = $1"))
+            .bind(value).fetch_optional(p).await)?;
+        Ok(row)
+    }
+
+    /// Consume the TOTP `step` just matched against the secret `stored`,
+    /// only if no one used it (or a later one) meanwhile, the account is
+    /// not locked and the secret unchanged; a plain secret is re-encrypted.
+    /// Returns the transaction to journal the sign-in in; otherwise the
+    /// failure is counted and the sign-in refused.
+    async fn consume_totp_step(
+        &self,
+        id: &str,
+        step: i64,
+        stored: &str,
+        opened: &Opened,
+        key: &TotpKey,
+        now: i64,
+    ) -> std::result::Result<Tx, LoginError> {
+        let mut tx = self.begin_write().await?;
+        let n = tx!(&mut tx, t => sqlx::query(
+            "UPDATE aidants SET totp_last_step = $1, failed_attempts = 0 WHERE id = $2 AND totp_last_step < $1 AND locked_until <= $3 AND totp_secret = $4")
+            .bind(step).bind(id).bind(now).bind(stored)
+            .execute(&mut **t).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            drop(tx);
+            return self.refuse(id, now).await;
+        }
+        reseal_if_plain(&mut tx, key, id, stored, opened).await?;
+        Ok(tx)
+    }
+
+    /// Count a failure of the aidant `id` and refuse.
+    async fn refuse<T>(&self, id: &str, now: i64) -> std::result::Result<T, LoginError> {
+        self.aidant_failure(id, now).await?;
+        Err(LoginError::Refused)
     }
 
     /// Count a failed sign-in; lock the account at the threshold.
@@ -816,15 +842,11 @@ impl Store {
         if let Some((0, locked)) = row {
             if locked == until {
                 tracing::warn!(aidant = %id, until, "aidant account locked after repeated failures");
-                let actor_name = Actor::Aidant(id.to_string()).name();
                 tx.record(
-                    Event {
-                        kind: "aidant.locked",
-                        actor: &actor_name,
-                        org_id: None,
-                        data: json!({"aidant_id": id, "until": until}),
-                        personal: vec![],
-                    },
+                    "aidant.locked",
+                    &Actor::Aidant(id.to_string()).name(),
+                    None,
+                    json!({"aidant_id": id, "until": until}),
                     now,
                 )
                 .await?;
@@ -920,7 +942,7 @@ impl Store {
         let expires_at = now + m.duration_days * 86_400;
         let mut tx = self.begin_write().await?;
         let org: Option<OrgRow> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id, name, siret, active, domains, created_at FROM organisations WHERE id = $1")
+            &format!("SELECT {ORG_COLUMNS} FROM organisations WHERE id = $1"))
             .bind(m.org_id).fetch_optional(&mut **t).await)?;
         let org = org_from(org.ok_or(MandateError::NotFound("organisation"))?)?;
         if !org.active {
@@ -934,10 +956,7 @@ impl Store {
                 "domain {d} is not allowed for this organisation"
             )));
         }
-        let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
-            .bind(m.aidant_id).bind(m.org_id).fetch_optional(&mut **t).await)?;
-        if member.is_none() {
+        if !tx.is_member(m.aidant_id, m.org_id).await? {
             return Err(MandateError::NotAllowed);
         }
         let usager: Option<(String, Option<i64>)> = tx!(&mut tx, t => sqlx::query_as(
@@ -990,22 +1009,19 @@ impl Store {
             authorisations.push(auth);
         }
         tx.record(
-            Event {
-                kind: "mandate.created",
-                actor: &actor_name,
-                org_id: Some(m.org_id),
-                data: json!({
-                    "mandate_id": id,
-                    "usager_id": m.usager_id,
-                    "domains": domains,
-                    "starts_at": now,
-                    "expires_at": expires_at,
-                    "consent_version": m.consent_version,
-                    "consent_hash": m.consent_hash,
-                    "replaced": replaced,
-                }),
-                personal: vec![],
-            },
+            "mandate.created",
+            &actor_name,
+            Some(m.org_id),
+            json!({
+                "mandate_id": id,
+                "usager_id": m.usager_id,
+                "domains": domains,
+                "starts_at": now,
+                "expires_at": expires_at,
+                "consent_version": m.consent_version,
+                "consent_hash": m.consent_hash,
+                "replaced": replaced,
+            }),
             now,
         )
         .await?;
@@ -1111,12 +1127,7 @@ impl Store {
             // Scheduled tasks never revoke.
             Actor::System => false,
             Actor::Usager(u) => *u == usager_id,
-            Actor::Aidant(a) => {
-                let member: Option<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-                    "SELECT role FROM aidant_orgs WHERE aidant_id = $1 AND org_id = $2")
-                    .bind(a).bind(&org_id).fetch_optional(&mut **t).await)?;
-                member.is_some()
-            }
+            Actor::Aidant(a) => tx.is_member(a, &org_id).await?,
         };
         if !allowed {
             return Err(MandateError::NotAllowed);
@@ -1134,17 +1145,14 @@ impl Store {
             return Ok(domains);
         }
         tx.record(
-            Event {
-                kind: if domain.is_some() {
-                    "authorisation.revoked"
-                } else {
-                    "mandate.revoked"
-                },
-                actor: &actor_name,
-                org_id: Some(&org_id),
-                data: json!({"mandate_id": mandate_id, "usager_id": usager_id, "domains": domains}),
-                personal: vec![],
+            if domain.is_some() {
+                "authorisation.revoked"
+            } else {
+                "mandate.revoked"
             },
+            &actor_name,
+            Some(&org_id),
+            json!({"mandate_id": mandate_id, "usager_id": usager_id, "domains": domains}),
             now,
         )
         .await?;
@@ -1178,15 +1186,11 @@ impl Store {
             n += 1;
         }
         if n > 0 {
-            let actor_name = actor.name();
             tx.record(
-                Event {
-                    kind: "aidants.totp_secrets_encrypted",
-                    actor: &actor_name,
-                    org_id: None,
-                    data: json!({"count": n}),
-                    personal: vec![],
-                },
+                "aidants.totp_secrets_encrypted",
+                &actor.name(),
+                None,
+                json!({"count": n}),
                 now,
             )
             .await?;
@@ -1215,19 +1219,15 @@ impl Store {
         }
         tx!(&mut tx, t => sqlx::query("UPDATE organisations SET active = $1 WHERE id = $2")
             .bind(i64::from(active)).bind(org_id).execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = actor.name();
         tx.record(
-            Event {
-                kind: if active {
-                    "organisation.activated"
-                } else {
-                    "organisation.deactivated"
-                },
-                actor: &actor_name,
-                org_id: Some(org_id),
-                data: json!({"org_id": org_id}),
-                personal: vec![],
+            if active {
+                "organisation.activated"
+            } else {
+                "organisation.deactivated"
             },
+            &actor.name(),
+            Some(org_id),
+            json!({"org_id": org_id}),
             now,
         )
         .await?;
@@ -1256,8 +1256,8 @@ impl Store {
         }
         let cutoff = now.saturating_sub(retention_days.saturating_mul(86_400));
         let mut tx = self.begin_write().await?;
-        let ids: Vec<(String,)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT u.id FROM usagers u \
+        let ids: Vec<(String, i64)> = tx!(&mut tx, t => sqlx::query_as(
+            "SELECT u.id, (SELECT COUNT(*) FROM mandates m WHERE m.usager_id = u.id) FROM usagers u \
              WHERE u.purged_at IS NULL AND u.created_at <= $1 AND NOT EXISTS ( \
                SELECT 1 FROM authorisations a JOIN mandates m ON m.id = a.mandate_id \
                WHERE m.usager_id = u.id AND \
@@ -1267,30 +1267,23 @@ impl Store {
             .bind(cutoff).fetch_all(&mut **t).await)?;
         let n = ids.len() as u64;
         let mut mandates = 0i64;
-        for (id,) in &ids {
+        for (id, count) in &ids {
             tx!(&mut tx, t => sqlx::query(
                 "UPDATE usagers SET identity_key = $1, claims = NULL, purged_at = $2 WHERE id = $3")
                 .bind(format!("purged:{id}")).bind(now).bind(id)
                 .execute(&mut **t).await.map(|_| ()))?;
-            let (count,): (i64,) = tx!(&mut tx, t => sqlx::query_as(
-                "SELECT COUNT(*) FROM mandates WHERE usager_id = $1")
-                .bind(id).fetch_one(&mut **t).await)?;
             mandates += count;
         }
-        let actor_name = actor.name();
         tx.record(
-            Event {
-                kind: "usagers.purged",
-                actor: &actor_name,
-                org_id: None,
-                data: json!({
-                    "usagers": n,
-                    "mandates": mandates,
-                    "retention_days": retention_days,
-                    "ended_before": cutoff,
-                }),
-                personal: vec![],
-            },
+            "usagers.purged",
+            &actor.name(),
+            None,
+            json!({
+                "usagers": n,
+                "mandates": mandates,
+                "retention_days": retention_days,
+                "ended_before": cutoff,
+            }),
             now,
         )
         .await?;
@@ -1334,34 +1327,18 @@ impl Store {
         let token = random_token(32);
         let expires_at = now + ENROLMENT_TTL_SECS;
         let mut tx = self.begin_write().await?;
-        let row: Option<(String, Option<String>)> = tx!(&mut tx, t => sqlx::query_as(
-            "SELECT id, current_org FROM aidants WHERE email = $1")
-            .bind(&email).fetch_optional(&mut **t).await)?;
-        let Some((id, current_org)) = row else {
-            return Err(MandateError::NotFound("aidant"));
-        };
+        let (id, current_org) = tx.replace_secret(&email, key, &placeholder).await?;
         let sealed_pending = key.seal(&id, &pending).map_err(StoreError::Other)?;
-        let sealed_placeholder = key.seal(&id, &placeholder).map_err(StoreError::Other)?;
-        tx!(&mut tx, t => sqlx::query(
-            "UPDATE aidants SET totp_secret = $1, failed_attempts = 0, locked_until = 0 WHERE id = $2")
-            .bind(&sealed_placeholder).bind(&id).execute(&mut **t).await.map(|_| ()))?;
-        tx!(&mut tx, t => sqlx::query(
-            "DELETE FROM aidant_enrolments WHERE aidant_id = $1 AND used_at IS NULL")
-            .bind(&id).execute(&mut **t).await.map(|_| ()))?;
         tx!(&mut tx, t => sqlx::query(
             "INSERT INTO aidant_enrolments (token_hash, aidant_id, totp_secret, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, NULL)")
-            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(&id)
+            .bind(sha256_hex(token.as_bytes())).bind(&id)
             .bind(&sealed_pending).bind(now).bind(expires_at)
             .execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = actor.name();
         tx.record(
-            Event {
-                kind: "aidant.enrolment_issued",
-                actor: &actor_name,
-                org_id: current_org.as_deref(),
-                data: json!({"aidant_id": id, "expires_at": expires_at}),
-                personal: vec![],
-            },
+            "aidant.enrolment_issued",
+            &actor.name(),
+            current_org.as_deref(),
+            json!({"aidant_id": id, "expires_at": expires_at}),
             now,
         )
         .await?;
@@ -1385,7 +1362,7 @@ impl Store {
             "SELECT e.aidant_id, a.email, e.totp_secret, e.expires_at FROM aidant_enrolments e \
              JOIN aidants a ON a.id = e.aidant_id \
              WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
-            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(now)
+            .bind(sha256_hex(token.as_bytes())).bind(now)
             .fetch_optional(p).await)?;
         let Some((aidant_id, email, sealed, expires_at)) = row else {
             return Ok(None);
@@ -1417,7 +1394,7 @@ impl Store {
             "SELECT e.aidant_id, a.email, e.totp_secret, e.expires_at, a.password_hash, a.locked_until \
              FROM aidant_enrolments e JOIN aidants a ON a.id = e.aidant_id \
              WHERE e.token_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2")
-            .bind(crate::mandates::journal::sha256_hex(token.as_bytes())).bind(now)
+            .bind(sha256_hex(token.as_bytes())).bind(now)
             .fetch_optional(p).await)?;
         let Some((id, email, sealed, expires_at, password_hash, locked_until)) = row else {
             burn_argon2(password).await;
@@ -1431,8 +1408,7 @@ impl Store {
         let presented = password.to_string();
         let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
         if !password_ok {
-            self.aidant_failure(&id, now).await?;
-            return Err(LoginError::Refused);
+            return self.refuse(&id, now).await;
         }
         let secret = open_secret(key, &id, &sealed)?;
         Ok(PendingEnrolment {
@@ -1458,7 +1434,7 @@ impl Store {
         key: &TotpKey,
         now: i64,
     ) -> std::result::Result<String, LoginError> {
-        let token_hash = crate::mandates::journal::sha256_hex(token.as_bytes());
+        let token_hash = sha256_hex(token.as_bytes());
         #[allow(clippy::type_complexity)]
         let row: Option<(String, String, i64, Option<String>)> = on!(self, p => sqlx::query_as(
             "SELECT e.aidant_id, e.totp_secret, a.locked_until, a.current_org \
@@ -1473,8 +1449,7 @@ impl Store {
         }
         let secret = open_secret(key, &id, &sealed)?;
         let Some(step) = totp::verify(secret.secret(), code, now, 0) else {
-            self.aidant_failure(&id, now).await?;
-            return Err(LoginError::Refused);
+            return self.refuse(&id, now).await;
         };
         let mut tx = self.begin_write().await?;
         // Only if the link is still unused, unexpired and the aidant's latest
@@ -1493,15 +1468,11 @@ impl Store {
             "UPDATE aidants SET totp_secret = $1, totp_last_step = $2, failed_attempts = 0, locked_until = 0 WHERE id = $3")
             .bind(&sealed).bind(step).bind(&id)
             .execute(&mut **t).await.map(|_| ()))?;
-        let actor_name = Actor::Aidant(id.clone()).name();
         tx.record(
-            Event {
-                kind: "aidant.totp_enrolled",
-                actor: &actor_name,
-                org_id: current_org.as_deref(),
-                data: json!({"aidant_id": id}),
-                personal: vec![],
-            },
+            "aidant.totp_enrolled",
+            &Actor::Aidant(id.clone()).name(),
+            current_org.as_deref(),
+            json!({"aidant_id": id}),
             now,
         )
         .await?;
@@ -1519,7 +1490,6 @@ impl Store {
         Ok(())
     }
 
-    /// An usager's identity key and stored claims (JSON text, if any).
     /// The usager id for a pivot identity key, if that person is known.
     pub async fn usager_by_identity_key(&self, identity_key: &str) -> Result<Option<String>> {
         let row: Option<(String,)> = on!(self, p => sqlx::query_as(
@@ -1528,6 +1498,7 @@ impl Store {
         Ok(row.map(|(id,)| id))
     }
 
+    /// An usager's identity key and stored claims (JSON text, if any).
     pub async fn usager(&self, usager_id: &str) -> Result<Option<(String, Option<String>)>> {
         let row: Option<(String, Option<String>)> = on!(self, p => sqlx::query_as(
             "SELECT identity_key, claims FROM usagers WHERE id = $1")
@@ -1546,15 +1517,11 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let actor_name = Actor::Aidant(aidant_id.to_string()).name();
         tx.record(
-            Event {
-                kind: "mandate_used",
-                actor: &actor_name,
-                org_id: Some(org_id),
-                data: json!({"mandate_id": mandate_id, "client": client_id, "domain": domain}),
-                personal: vec![],
-            },
+            "mandate_used",
+            &Actor::Aidant(aidant_id.to_string()).name(),
+            Some(org_id),
+            json!({"mandate_id": mandate_id, "client": client_id, "domain": domain}),
             now,
         )
         .await?;
