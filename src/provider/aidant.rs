@@ -4,9 +4,7 @@
 //! then receives the usager's identity plus `act` and `mandate` claims.
 
 use super::authorize::{check_csrf, load_interaction, Interaction};
-use super::{
-    load_session, session_key, set_cookie, Authn, Cookies, Ctx, Delegation, Params, SessionData,
-};
+use super::{load_session, Authn, Cookies, Ctx, Delegation, Params, SessionData};
 use crate::config::Profile;
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
@@ -265,30 +263,25 @@ pub struct AidantStep {
     pub auth_time: i64,
 }
 
+impl AidantStep {
+    /// Whether this sign-in is at most [`AIDANT_FRESH_SECS`] old at `now`.
+    pub fn is_fresh(&self, now: i64) -> bool {
+        self.auth_time <= now && now - self.auth_time <= AIDANT_FRESH_SECS
+    }
+}
+
 /// The interaction's client, if it accepts delegation (citizen profile).
 fn delegating_client<'a>(ctx: &'a Ctx, inter: &Interaction) -> Result<&'a Client, AppError> {
     ctx.client(&inter.req.client_id)
         .filter(|c| !c.cfg.delegation_domains.is_empty() && ctx.fed.cfg.profile == Profile::Citizen)
-        .ok_or_else(|| {
-            ctx.page_error(
-                inter.req.lang,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                Some(ctx.back_url(&inter.req, "access_denied")),
-            )
-        })
+        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::NOT_FOUND, "not_found"))
 }
 
 /// The service asked for more than an aidant's authentication gives.
 fn check_acr(ctx: &Ctx, inter: &Interaction) -> Result<(), AppError> {
     if let Some(min) = &inter.req.acr_min {
         if ctx.fed.acr_rank(AIDANT_ACR) < ctx.fed.acr_rank(min) {
-            return Err(ctx.page_error(
-                inter.req.lang,
-                StatusCode::FORBIDDEN,
-                "acr_not_satisfied",
-                Some(ctx.back_url(&inter.req, "access_denied")),
-            ));
+            return Err(ctx.refuse(&inter.req, StatusCode::FORBIDDEN, "acr_not_satisfied"));
         }
     }
     Ok(())
@@ -353,11 +346,10 @@ pub async fn login_page(
     let client = delegating_client(&ctx, &inter)?;
     check_acr(&ctx, &inter)?;
     // A fresh aidant sign-in on this browser is reused.
-    let now = ctx.now();
     if let Some(step) = load_session(&ctx, &inter.session)
         .await?
         .and_then(|s| s.aidant)
-        .filter(|a| now - a.auth_time <= AIDANT_FRESH_SECS && a.auth_time <= now)
+        .filter(|a| a.is_fresh(ctx.now()))
     {
         tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, reused = true, "fresh aidant session reused");
         inter.aidant = Some(step);
@@ -419,49 +411,28 @@ pub async fn login_submit(
     };
     // A new browser session holding only the aidant's sign-in (new id after
     // authentication: session fixation); it replaces any previous one.
-    let fed = &ctx.fed;
-    let value = random_token(32);
-    let new_sid = session_key(&value);
-    let data = serde_json::to_string(&SessionData {
-        authn: None,
-        aidant: Some(step.clone()),
-    })
-    .map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Session,
-            &new_sid,
-            &fed.id,
-            &data,
-            now + fed.cfg.session_ttl_secs,
-        )
-        .await?;
-    let old = std::mem::replace(&mut inter.session, new_sid);
-    if inter.had_session {
-        ctx.app.store.delete(Kind::Session, &old, &fed.id).await?;
-    }
+    let session = super::NewSession::new();
+    let old = std::mem::replace(&mut inter.session, session.id.clone());
+    let replaces = inter.had_session.then_some(old);
     inter.had_session = true;
-    inter.aidant = Some(step);
+    inter.aidant = Some(step.clone());
     inter.authn = None;
     save(&ctx, &id, &inter).await?;
-    let mut resp = redirect(&fed.url(&format!("/interaction/{id}/aidant/usagers")));
-    resp.headers_mut().insert(
-        axum::http::header::SET_COOKIE,
-        set_cookie(&ctx, &value, fed.cfg.session_ttl_secs),
-    );
-    Ok(resp)
+    let data = SessionData {
+        authn: None,
+        aidant: Some(step),
+    };
+    let next = redirect(&ctx.fed.url(&format!("/interaction/{id}/aidant/usagers")));
+    session
+        .begin(&ctx, &data, replaces.as_deref(), now, next)
+        .await
 }
 
 fn signed_in(ctx: &Ctx, inter: &Interaction) -> Result<AidantStep, AppError> {
-    inter.aidant.clone().ok_or_else(|| {
-        ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            "interaction_expired",
-            Some(ctx.back_url(&inter.req, "access_denied")),
-        )
-    })
+    inter
+        .aidant
+        .clone()
+        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "interaction_expired"))
 }
 
 fn usager_name(claims: &Map<String, Value>) -> Option<String> {

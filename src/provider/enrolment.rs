@@ -8,8 +8,8 @@
 //! not sign in (see `Store::issue_enrolment`).
 
 use super::aidant::SignInGuard;
+use super::mandate_new::citizen_only;
 use super::{lang_from, Ctx, Params};
-use crate::config::Profile;
 use crate::error::AppError;
 use crate::mandates::{cli::utc, LoginError, PendingEnrolment, TotpKey};
 use crate::web::Lang;
@@ -29,10 +29,6 @@ const PROOF_PURPOSE: &str = "aidant-enrolment-proof-v1";
 const PROOF_SKEW_SECS: i64 = 60;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-fn key(ctx: &Ctx) -> Result<&TotpKey, AppError> {
-    Ok(&ctx.app.totp_key)
-}
 
 fn proof_message(token: &str, aidant_id: &str, issued_at: i64) -> Vec<u8> {
     format!("{PROOF_PURPOSE}\0{token}\0{aidant_id}\0{issued_at}").into_bytes()
@@ -96,6 +92,15 @@ fn private(mut resp: Response, status: StatusCode) -> Response {
     resp
 }
 
+/// 401 for a page shown again with an error, else 200.
+fn status(error: bool) -> StatusCode {
+    if error {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn not_found(ctx: &Ctx, lang: Lang) -> Response {
     private(
         ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
@@ -117,11 +122,23 @@ async fn password_form(
     let Some(pending) = ctx
         .app
         .store
-        .pending_enrolment(token, key(ctx)?, ctx.now())
+        .pending_enrolment(token, &ctx.app.totp_key, ctx.now())
         .await?
     else {
         return Ok(not_found(ctx, lang));
     };
+    password_page(ctx, lang, token, &pending, error, expired)
+}
+
+/// The password form for the pending enrolment `pending`.
+fn password_page(
+    ctx: &Ctx,
+    lang: Lang,
+    token: &str,
+    pending: &PendingEnrolment,
+    error: bool,
+    expired: bool,
+) -> Result<Response, AppError> {
     let resp = ctx.page(
         lang,
         "aidant_enrolment.html",
@@ -134,12 +151,7 @@ async fn password_form(
             expired => expired,
         },
     )?;
-    let status = if error || expired {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    Ok(private(resp, status))
+    Ok(private(resp, status(error || expired)))
 }
 
 /// Second step, after a right password: the secret (QR code, URI, base32
@@ -169,12 +181,7 @@ fn code_form(
             error => error,
         },
     )?;
-    let status = if error {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    Ok(private(resp, status))
+    Ok(private(resp, status(error)))
 }
 
 /// `GET /aidant/enrolment/{token}`: the password form.
@@ -184,9 +191,7 @@ pub async fn page(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    if ctx.fed.cfg.profile != Profile::Citizen {
-        return Err(ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None));
-    }
+    citizen_only(&ctx, lang)?;
     password_form(&ctx, lang, &token, false, false).await
 }
 
@@ -200,9 +205,7 @@ pub async fn submit(
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    if ctx.fed.cfg.profile != Profile::Citizen {
-        return Err(ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None));
-    }
+    citizen_only(&ctx, lang)?;
     if let Some(resp) = guard.refuse(&ctx, lang) {
         return Ok(private(resp, StatusCode::TOO_MANY_REQUESTS));
     }
@@ -212,11 +215,16 @@ pub async fn submit(
         let result = ctx
             .app
             .store
-            .check_enrolment_password(&token, f.get("password").unwrap_or(""), key(&ctx)?, now)
+            .check_enrolment_password(
+                &token,
+                f.get("password").unwrap_or(""),
+                &ctx.app.totp_key,
+                now,
+            )
             .await;
         return match result {
             Ok(pending) => {
-                let proof = sign_proof(key(&ctx)?, &token, &pending.aidant_id, now);
+                let proof = sign_proof(&ctx.app.totp_key, &token, &pending.aidant_id, now);
                 code_form(&ctx, lang, &token, &pending, &proof, false)
             }
             Err(LoginError::Refused) => {
@@ -229,16 +237,16 @@ pub async fn submit(
     let Some(pending) = ctx
         .app
         .store
-        .pending_enrolment(&token, key(&ctx)?, now)
+        .pending_enrolment(&token, &ctx.app.totp_key, now)
         .await?
     else {
         guard.failed(&ctx);
         return Ok(not_found(&ctx, lang));
     };
     let proof = f.get("proof").unwrap_or("");
-    if !check_proof(key(&ctx)?, proof, &token, &pending.aidant_id, now) {
+    if !check_proof(&ctx.app.totp_key, proof, &token, &pending.aidant_id, now) {
         guard.failed(&ctx);
-        return password_form(&ctx, lang, &token, false, true).await;
+        return password_page(&ctx, lang, &token, &pending, false, true);
     }
     let result = ctx
         .app
@@ -247,7 +255,7 @@ pub async fn submit(
             &token,
             &pending.aidant_id,
             f.get("totp").unwrap_or("").trim(),
-            key(&ctx)?,
+            &ctx.app.totp_key,
             now,
         )
         .await;

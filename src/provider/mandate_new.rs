@@ -8,9 +8,10 @@
 //! mandate, stores the usager's pivot claims and shows a printable
 //! attestation.
 
-use super::aidant::{AidantStep, SignInGuard, AIDANT_FRESH_SECS};
+use super::aidant::{AidantStep, SignInGuard};
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
-use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params, SessionData};
+use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params};
+use super::{NewSession, SessionData};
 use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, AppError};
@@ -76,12 +77,57 @@ pub fn attestation_hash(m: &Mandate, org: &Organisation) -> String {
     sha256_hex(record.to_string().as_bytes())
 }
 
-fn citizen_only(ctx: &Ctx, lang: Lang) -> Result<(), AppError> {
+/// The 404 page of the aidant and usager pages.
+pub(super) fn not_found(ctx: &Ctx, lang: Lang) -> AppError {
+    ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
+}
+
+/// The 403 page of a refused mandate step, with a link to `/aidant`.
+fn refused_home(ctx: &Ctx, lang: Lang) -> AppError {
+    ctx.page_error(
+        lang,
+        StatusCode::FORBIDDEN,
+        "mandate_refused",
+        Some(home_url(ctx)),
+    )
+}
+
+/// The aidant and usager pages exist only in the citizen profile.
+pub(super) fn citizen_only(ctx: &Ctx, lang: Lang) -> Result<(), AppError> {
     if ctx.fed.cfg.profile == Profile::Citizen {
         Ok(())
     } else {
-        Err(ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None))
+        Err(not_found(ctx, lang))
     }
+}
+
+/// The browser's session id, or a new cookie value and its session id
+/// (no row is written).
+pub(super) fn session_or_new(ctx: &Ctx, cookies: &Cookies) -> (String, Option<String>) {
+    match cookies.session_id(&ctx.fed) {
+        Some(sid) => (sid, None),
+        None => {
+            let value = random_token(32);
+            (session_key(&value), Some(value))
+        }
+    }
+}
+
+/// Stores a new interaction; its id.
+pub(super) async fn put_interaction(ctx: &Ctx, inter: &Interaction) -> Result<String, AppError> {
+    let id = random_token(24);
+    let data = serde_json::to_string(inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .put(
+            Kind::Interaction,
+            &id,
+            &ctx.fed.id,
+            &data,
+            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    Ok(id)
 }
 
 /// The browser's session id and its aidant sign-in, if any.
@@ -99,8 +145,44 @@ async fn aidant_session(
 }
 
 fn fresh(ctx: &Ctx, a: &AidantStep) -> bool {
-    let now = ctx.now();
-    a.auth_time <= now && now - a.auth_time <= AIDANT_FRESH_SECS
+    a.is_fresh(ctx.now())
+}
+
+/// Preamble of the aidant pages' POST handlers: the form, the browser's
+/// session id and its fresh aidant sign-in (CSRF checked). None: no or no
+/// longer fresh sign-in (redirect to `/aidant`).
+async fn fresh_post(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    lang: Lang,
+    body: &str,
+) -> Result<Option<(Params, String, AidantStep)>, AppError> {
+    citizen_only(ctx, lang)?;
+    let form = Params::parse(body).unwrap_or_default();
+    let Some((sid, step)) = aidant_session(ctx, cookies).await? else {
+        return Ok(None);
+    };
+    check_page_csrf(ctx, lang, &sid, &form)?;
+    Ok(fresh(ctx, &step).then_some((form, sid, step)))
+}
+
+/// Writes `step` as the aidant sign-in of the browser's session `sid`
+/// (same expiry: the session was written at the sign-in).
+async fn store_aidant_step(ctx: &Ctx, sid: &str, step: &AidantStep) -> Result<(), AppError> {
+    let mut data = load_session(ctx, sid).await?.unwrap_or_default();
+    data.aidant = Some(step.clone());
+    let fed = &ctx.fed;
+    ctx.app
+        .store
+        .update(
+            Kind::Session,
+            sid,
+            &fed.id,
+            &serde_json::to_string(&data).map_err(AppError::internal)?,
+            step.auth_time + fed.cfg.session_ttl_secs,
+        )
+        .await?;
+    Ok(())
 }
 
 /// CSRF token of the aidant pages: bound to the (secret) session id.
@@ -156,13 +238,7 @@ pub async fn home(
         // Login CSRF: the form's token is bound to the browser's cookie. A
         // browser without one gets a new cookie now (no row is written, as
         // at `/authorize`).
-        let (sid, new_cookie) = match cookies.session_id(&ctx.fed) {
-            Some(sid) => (sid, None),
-            None => {
-                let value = random_token(32);
-                (session_key(&value), Some(value))
-            }
-        };
+        let (sid, new_cookie) = session_or_new(&ctx, &cookies);
         let mut resp = sign_in_form(&ctx, lang, &sid, false, false)?;
         if let Some(value) = new_cookie {
             resp.headers_mut().insert(
@@ -201,8 +277,9 @@ pub async fn home(
         },
     };
     let now = ctx.now();
+    let listed = ctx.app.store.list_mandates(&org.id).await?;
     let mut mandates = Vec::new();
-    for m in ctx.app.store.list_mandates(&org.id).await? {
+    for m in &listed {
         let purged = ctx
             .app
             .store
@@ -211,7 +288,7 @@ pub async fn home(
             .is_some();
         mandates.push(MandateView {
             usager: usager_name(&ctx, &m.usager_id).await?,
-            authorisations: auth_views(&m, now),
+            authorisations: auth_views(m, now),
             revocable: m.authorisations.iter().any(|a| a.is_active(now)),
             revoke_action: ctx.fed.url(&format!("/aidant/mandats/{}/revoquer", m.id)),
             attestation_url: ctx
@@ -219,16 +296,16 @@ pub async fn home(
                 .url(&format!("/aidant/mandats/{}/attestation", m.id)),
             revocation_url: ctx.fed.url(&format!("/aidant/mandats/{}/revocation", m.id)),
             revoked: m.authorisations.iter().any(|a| a.revoked_at.is_some()),
-            renew_url: (renewable(&m, now) && !purged)
+            renew_url: (renewable(m, now) && !purged)
                 .then(|| ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id))),
-            id: m.id,
+            id: m.id.clone(),
         });
     }
     let durations: Vec<DurationView> = DURATIONS
         .iter()
         .map(|(days, label)| DurationView { days: *days, label })
         .collect();
-    let dashboard = referent_dashboard(&ctx, &step, &org.id, &mandates, now).await?;
+    let dashboard = referent_dashboard(&ctx, &step, &org.id, &listed, &mandates, now).await?;
     let organisations = memberships(&ctx, &step).await?;
     ctx.page(
         lang,
@@ -277,19 +354,8 @@ async fn switch_to_active(
             org_id: org.id.clone(),
             ..step.clone()
         };
-        let mut data = load_session(ctx, sid).await?.unwrap_or_default();
-        data.aidant = Some(step.clone());
-        let fed = &ctx.fed;
-        store
-            .update(
-                Kind::Session,
-                sid,
-                &fed.id,
-                &serde_json::to_string(&data).map_err(AppError::internal)?,
-                step.auth_time + fed.cfg.session_ttl_secs,
-            )
-            .await?;
-        tracing::info!(event = "aidant_org_switched", federation = %fed.id, automatic = true, "aidant's organisation inactive: switched to an active one");
+        store_aidant_step(ctx, sid, &step).await?;
+        tracing::info!(event = "aidant_org_switched", federation = %ctx.fed.id, automatic = true, "aidant's organisation inactive: switched to an active one");
         return Ok(Some((step, org)));
     }
     Ok(None)
@@ -342,23 +408,10 @@ pub async fn switch_submit(
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
-    let form = Params::parse(&body).unwrap_or_default();
-    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((form, sid, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    check_page_csrf(&ctx, lang, &sid, &form)?;
-    if !fresh(&ctx, &step) {
-        return Ok(redirect(&home_url(&ctx)));
-    }
-    let refused = || {
-        ctx.page_error(
-            lang,
-            StatusCode::FORBIDDEN,
-            "mandate_refused",
-            Some(home_url(&ctx)),
-        )
-    };
+    let refused = || refused_home(&ctx, lang);
     let store = &ctx.app.store;
     let org = store
         .organisation(form.get("organisation").unwrap_or(""))
@@ -375,22 +428,12 @@ pub async fn switch_submit(
     }
     // The browser's sign-in now acts for that organisation (same sign-in
     // time, same expiry: the session was written at the sign-in).
-    let mut data = load_session(&ctx, &sid).await?.unwrap_or_default();
-    data.aidant = Some(AidantStep {
+    let step = AidantStep {
         org_id: org.id,
-        ..step.clone()
-    });
-    let fed = &ctx.fed;
-    store
-        .update(
-            Kind::Session,
-            &sid,
-            &fed.id,
-            &serde_json::to_string(&data).map_err(AppError::internal)?,
-            step.auth_time + fed.cfg.session_ttl_secs,
-        )
-        .await?;
-    tracing::info!(event = "aidant_org_switched", federation = %fed.id, "aidant switched organisation");
+        ..step
+    };
+    store_aidant_step(&ctx, &sid, &step).await?;
+    tracing::info!(event = "aidant_org_switched", federation = %ctx.fed.id, "aidant switched organisation");
     Ok(redirect(&home_url(&ctx)))
 }
 
@@ -420,6 +463,32 @@ pub async fn logout_submit(
     Ok(resp)
 }
 
+/// Journal an aidant's action `kind` on the mandate `m`.
+async fn journal_aidant(
+    ctx: &Ctx,
+    step: &AidantStep,
+    m: &Mandate,
+    kind: &str,
+    data: Value,
+    now: i64,
+) -> Result<(), AppError> {
+    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone()).name();
+    ctx.app
+        .store
+        .journal_append(
+            crate::mandates::journal::Event {
+                kind,
+                actor: &actor,
+                org_id: Some(&m.org_id),
+                data,
+                personal: vec![],
+            }
+            .prepare(None, now),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Journal that an aidant displayed an attestation (`kind` is `mandate`
 /// or `revocation`).
 async fn journal_attestation_view(
@@ -428,21 +497,54 @@ async fn journal_attestation_view(
     m: &Mandate,
     kind: &str,
 ) -> Result<(), AppError> {
-    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone()).name();
-    ctx.app
+    let data = json!({"mandate_id": m.id, "attestation": kind});
+    journal_aidant(ctx, step, m, "mandate.attestation_viewed", data, ctx.now()).await
+}
+
+/// Outcome of the aidant's confirmation of a recap.
+enum Confirmation {
+    Confirmed,
+    /// Not informed, or a wrong code: the recap again, with an error.
+    Retry,
+    /// Too many failed attempts (the 429 page).
+    Throttled(Response),
+}
+
+/// The aidant's confirmation of a recap: `informed=yes` and a right TOTP
+/// code of `aidant_id` (for `purpose`), throttled by `guard`.
+async fn confirm(
+    ctx: &Ctx,
+    guard: &SignInGuard,
+    lang: Lang,
+    form: &Params,
+    aidant_id: &str,
+    purpose: &str,
+) -> Result<Confirmation, AppError> {
+    if form.get("informed") != Some("yes") {
+        return Ok(Confirmation::Retry);
+    }
+    if let Some(resp) = guard.refuse(ctx, lang) {
+        return Ok(Confirmation::Throttled(resp));
+    }
+    match ctx
+        .app
         .store
-        .journal_append(
-            crate::mandates::journal::Event {
-                kind: "mandate.attestation_viewed",
-                actor: &actor,
-                org_id: Some(&m.org_id),
-                data: json!({"mandate_id": m.id, "attestation": kind}),
-                personal: vec![],
-            }
-            .prepare(None, ctx.now()),
+        .verify_totp(
+            aidant_id,
+            form.get("totp").unwrap_or("").trim(),
+            purpose,
+            &ctx.app.totp_key,
+            ctx.now(),
         )
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(Confirmation::Confirmed),
+        Err(crate::mandates::LoginError::Refused) => {
+            guard.failed(ctx);
+            Ok(Confirmation::Retry)
+        }
+        Err(e) => Err(AppError::internal(format!("{e:?}"))),
+    }
 }
 
 /// Window for "mandates expiring soon" on the référent dashboard.
@@ -479,6 +581,7 @@ async fn referent_dashboard(
     ctx: &Ctx,
     step: &AidantStep,
     org_id: &str,
+    listed: &[Mandate],
     mandates: &[MandateView],
     now: i64,
 ) -> Result<Option<DashboardView>, AppError> {
@@ -491,7 +594,7 @@ async fn referent_dashboard(
         return Ok(None);
     }
     let mut expiring = Vec::new();
-    for m in store.list_mandates(org_id).await? {
+    for m in listed {
         let usager = mandates
             .iter()
             .find(|v| v.id == m.id)
@@ -598,36 +701,18 @@ pub async fn login_submit(
         return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None));
     };
     // A new session (new id after authentication), replacing any other.
-    let fed = &ctx.fed;
-    let value = random_token(32);
-    let new_sid = session_key(&value);
-    let data = serde_json::to_string(&SessionData {
+    let step = AidantStep {
+        aidant_id: login.aidant_id,
+        org_id,
+        auth_time: now,
+    };
+    let data = SessionData {
         authn: None,
-        aidant: Some(AidantStep {
-            aidant_id: login.aidant_id,
-            org_id,
-            auth_time: now,
-        }),
-    })
-    .map_err(AppError::internal)?;
-    store
-        .put(
-            Kind::Session,
-            &new_sid,
-            &fed.id,
-            &data,
-            now + fed.cfg.session_ttl_secs,
-        )
-        .await?;
-    if let Some(old) = cookies.session_id(fed) {
-        store.delete(Kind::Session, &old, &fed.id).await?;
-    }
-    let mut resp = redirect(&home_url(&ctx));
-    resp.headers_mut().insert(
-        axum::http::header::SET_COOKIE,
-        set_cookie(&ctx, &value, fed.cfg.session_ttl_secs),
-    );
-    Ok(resp)
+        aidant: Some(step),
+    };
+    NewSession::new()
+        .begin(&ctx, &data, Some(&sid), now, redirect(&home_url(&ctx)))
+        .await
 }
 
 /// POST `/aidant/mandats`: domains (`domain_<name>`) and `duration` (days);
@@ -639,15 +724,9 @@ pub async fn draft_submit(
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
-    let form = Params::parse(&body).unwrap_or_default();
-    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((form, sid, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    check_page_csrf(&ctx, lang, &sid, &form)?;
-    if !fresh(&ctx, &step) {
-        return Ok(redirect(&home_url(&ctx)));
-    }
     let bad = || {
         ctx.page_error(
             lang,
@@ -676,7 +755,6 @@ pub async fn draft_submit(
     if domains.is_empty() {
         return Err(bad());
     }
-    let fed = &ctx.fed;
     let req = AuthRequest::own_sign_in(home_url(&ctx), lang);
     let inter = Interaction {
         req,
@@ -697,19 +775,8 @@ pub async fn draft_submit(
         }),
         usager_consultation: false,
     };
-    let id = random_token(24);
-    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Interaction,
-            &id,
-            &fed.id,
-            &data,
-            ctx.now() + fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
-    Ok(redirect(&fed.url(&format!("/interaction/{id}"))))
+    let id = put_interaction(&ctx, &inter).await?;
+    Ok(redirect(&ctx.fed.url(&format!("/interaction/{id}"))))
 }
 
 /// The draft and the usager's own sign-in; without the latter there is no
@@ -800,31 +867,22 @@ pub async fn recap_submit(
     check_csrf(&ctx, &inter, &form)?;
     let (draft, authn) = draft_and_usager(&ctx, &inter)?;
     let lang = inter.req.lang;
-    if form.get("informed") != Some("yes") {
-        return recap(&ctx, &id, &inter, true).await;
-    }
-    if let Some(resp) = guard.refuse(&ctx, lang) {
-        return Ok(resp);
+    match confirm(
+        &ctx,
+        &guard,
+        lang,
+        &form,
+        &draft.aidant_id,
+        "mandate_creation",
+    )
+    .await?
+    {
+        Confirmation::Confirmed => {}
+        Confirmation::Retry => return recap(&ctx, &id, &inter, true).await,
+        Confirmation::Throttled(resp) => return Ok(resp),
     }
     let store = &ctx.app.store;
     let now = ctx.now();
-    match store
-        .verify_totp(
-            &draft.aidant_id,
-            form.get("totp").unwrap_or("").trim(),
-            "mandate_creation",
-            &ctx.app.totp_key,
-            now,
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(crate::mandates::LoginError::Refused) => {
-            guard.failed(&ctx);
-            return recap(&ctx, &id, &inter, true).await;
-        }
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
-    }
     // Single use of the interaction.
     if store
         .take(Kind::Interaction, &id, &ctx.fed.id, now)
@@ -837,12 +895,7 @@ pub async fn recap_submit(
     let salt = Salt::load_or_create(&ctx.app.journal_salt_path).map_err(AppError::internal)?;
     let refused = |e: crate::mandates::MandateError| {
         tracing::warn!(event = "mandate_creation_refused", error = ?e, "mandate creation refused");
-        ctx.page_error(
-            lang,
-            StatusCode::FORBIDDEN,
-            "mandate_refused",
-            Some(home_url(&ctx)),
-        )
+        refused_home(&ctx, lang)
     };
     let usager_id = store
         .upsert_usager(&identity.identity_key(), &salt, now)
@@ -876,7 +929,7 @@ pub async fn recap_submit(
 }
 
 #[derive(Serialize)]
-struct AuthView {
+pub(super) struct AuthView {
     domain: String,
     starts: String,
     expires: String,
@@ -899,7 +952,7 @@ struct MandateView {
     revocation_url: String,
 }
 
-fn auth_views(m: &Mandate, now: i64) -> Vec<AuthView> {
+pub(super) fn auth_views(m: &Mandate, now: i64) -> Vec<AuthView> {
     m.authorisations
         .iter()
         .map(|a| AuthView {
@@ -929,6 +982,72 @@ async fn usager_name(ctx: &Ctx, usager_id: &str) -> Result<String, AppError> {
             )
         })
         .unwrap_or_default())
+}
+
+/// The mandate `mid` of the aidant's current organisation (else 404).
+async fn org_mandate(
+    ctx: &Ctx,
+    lang: Lang,
+    step: &AidantStep,
+    mid: &str,
+) -> Result<Mandate, AppError> {
+    ctx.app
+        .store
+        .mandate(mid)
+        .await?
+        .filter(|m| m.org_id == step.org_id)
+        .ok_or_else(|| not_found(ctx, lang))
+}
+
+/// The browser's session id and aidant sign-in, the mandate `mid` of their
+/// current organisation and that organisation; None without a sign-in.
+async fn attestation_target(
+    ctx: &Ctx,
+    cookies: &Cookies,
+    lang: Lang,
+    mid: &str,
+) -> Result<Option<(String, AidantStep, Mandate, Organisation)>, AppError> {
+    citizen_only(ctx, lang)?;
+    let Some((sid, step)) = aidant_session(ctx, cookies).await? else {
+        return Ok(None);
+    };
+    let m = org_mandate(ctx, lang, &step, mid).await?;
+    let org = ctx
+        .app
+        .store
+        .organisation(&m.org_id)
+        .await?
+        .ok_or_else(|| not_found(ctx, lang))?;
+    Ok(Some((sid, step, m, org)))
+}
+
+/// Revokes `domain` of the mandate `mid` (the whole mandate without one)
+/// for `actor`; `by` names the actor in the log.
+pub(super) async fn revoke(
+    ctx: &Ctx,
+    lang: Lang,
+    mid: &str,
+    form: &Params,
+    actor: &crate::mandates::Actor,
+    by: &str,
+) -> Result<(), AppError> {
+    let store = &ctx.app.store;
+    let now = ctx.now();
+    let result = match form.get("domain").filter(|d| !d.is_empty()) {
+        Some(d) => store.revoke_domain(mid, d, actor, now).await,
+        None => store.revoke_mandate(mid, actor, now).await,
+    };
+    match result {
+        Ok(domains) => {
+            tracing::info!(event = "mandate_revoked", federation = %ctx.fed.id, domains = %domains.join(","), "mandate revoked by {by}");
+            Ok(())
+        }
+        Err(crate::mandates::MandateError::NotAllowed) => {
+            Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
+        }
+        Err(crate::mandates::MandateError::NotFound(_)) => Err(not_found(ctx, lang)),
+        Err(e) => Err(AppError::internal(format!("{e:?}"))),
+    }
 }
 
 /// SHA-256 (hex) of the canonical revocation record: the mandate id and,
@@ -962,39 +1081,13 @@ pub async fn revoke_submit(
     body: String,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
-    let form = Params::parse(&body).unwrap_or_default();
-    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((form, _, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    check_page_csrf(&ctx, lang, &sid, &form)?;
-    if !fresh(&ctx, &step) {
-        return Ok(redirect(&home_url(&ctx)));
-    }
-    let store = &ctx.app.store;
-    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
     // Only mandates of the aidant's current organisation.
-    store
-        .mandate(&mid)
-        .await?
-        .filter(|m| m.org_id == step.org_id)
-        .ok_or_else(not_found)?;
+    org_mandate(&ctx, lang, &step, &mid).await?;
     let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone());
-    let now = ctx.now();
-    let result = match form.get("domain").filter(|d| !d.is_empty()) {
-        Some(d) => store.revoke_domain(&mid, d, &actor, now).await,
-        None => store.revoke_mandate(&mid, &actor, now).await,
-    };
-    match result {
-        Ok(domains) => {
-            tracing::info!(event = "mandate_revoked", federation = %ctx.fed.id, domains = %domains.join(","), "mandate revoked by an aidant");
-        }
-        Err(crate::mandates::MandateError::NotAllowed) => {
-            return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
-        }
-        Err(crate::mandates::MandateError::NotFound(_)) => return Err(not_found()),
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
-    }
+    revoke(&ctx, lang, &mid, &form, &actor, "an aidant").await?;
     Ok(redirect(
         &ctx.fed.url(&format!("/aidant/mandats/{mid}/revocation")),
     ))
@@ -1008,24 +1101,15 @@ pub async fn revocation(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
-    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((sid, step, m, org)) = attestation_target(&ctx, &cookies, lang, &mid).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    let store = &ctx.app.store;
-    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
-    let m = store
-        .mandate(&mid)
-        .await?
-        .filter(|m| m.org_id == step.org_id)
-        .ok_or_else(not_found)?;
-    let org = store.organisation(&m.org_id).await?.ok_or_else(not_found)?;
     let revoked: Vec<AuthView> = auth_views(&m, ctx.now())
         .into_iter()
         .filter(|a| a.revoked_at.is_some())
         .collect();
     if revoked.is_empty() {
-        return Err(not_found());
+        return Err(not_found(&ctx, lang));
     }
     journal_attestation_view(&ctx, &step, &m, "revocation").await?;
     ctx.page(
@@ -1054,18 +1138,9 @@ pub async fn attestation(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
-    let Some((sid, step)) = aidant_session(&ctx, &cookies).await? else {
+    let Some((sid, step, m, org)) = attestation_target(&ctx, &cookies, lang, &mid).await? else {
         return Ok(redirect(&home_url(&ctx)));
     };
-    let store = &ctx.app.store;
-    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
-    let m = store
-        .mandate(&mid)
-        .await?
-        .filter(|m| m.org_id == step.org_id)
-        .ok_or_else(not_found)?;
-    let org = store.organisation(&m.org_id).await?.ok_or_else(not_found)?;
     let name = usager_name(&ctx, &m.usager_id).await?;
     journal_attestation_view(&ctx, &step, &m, "mandate").await?;
     let auths = auth_views(&m, ctx.now());
@@ -1134,7 +1209,7 @@ async fn renewal_target(
         return Ok(None);
     }
     let store = &ctx.app.store;
-    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    let not_found = || not_found(ctx, lang);
     let m = store
         .mandate(mid)
         .await?
@@ -1222,39 +1297,25 @@ pub async fn renew_submit(
         return Ok(redirect(&home_url(&ctx)));
     };
     check_page_csrf(&ctx, lang, &sid, &form)?;
-    if form.get("informed") != Some("yes") {
-        return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
-    }
-    if let Some(resp) = guard.refuse(&ctx, lang) {
-        return Ok(resp);
+    match confirm(
+        &ctx,
+        &guard,
+        lang,
+        &form,
+        &step.aidant_id,
+        "mandate_renewal",
+    )
+    .await?
+    {
+        Confirmation::Confirmed => {}
+        Confirmation::Retry => return renewal_recap(&ctx, &sid, &m, &org, lang, true).await,
+        Confirmation::Throttled(resp) => return Ok(resp),
     }
     let store = &ctx.app.store;
     let now = ctx.now();
-    match store
-        .verify_totp(
-            &step.aidant_id,
-            form.get("totp").unwrap_or("").trim(),
-            "mandate_renewal",
-            &ctx.app.totp_key,
-            now,
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(crate::mandates::LoginError::Refused) => {
-            guard.failed(&ctx);
-            return renewal_recap(&ctx, &sid, &m, &org, lang, true).await;
-        }
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
-    }
     let refused = |e: crate::mandates::MandateError| {
         tracing::warn!(event = "mandate_renewal_refused", error = ?e, "mandate renewal refused");
-        ctx.page_error(
-            lang,
-            StatusCode::FORBIDDEN,
-            "mandate_refused",
-            Some(home_url(&ctx)),
-        )
+        refused_home(&ctx, lang)
     };
     let domains: Vec<&str> = m.authorisations.iter().map(|a| a.domain.as_str()).collect();
     let renewed = store
@@ -1273,19 +1334,15 @@ pub async fn renew_submit(
         )
         .await
         .map_err(refused)?;
-    let actor = crate::mandates::Actor::Aidant(step.aidant_id.clone()).name();
-    store
-        .journal_append(
-            crate::mandates::journal::Event {
-                kind: "mandate.renewed",
-                actor: &actor,
-                org_id: Some(&m.org_id),
-                data: json!({"mandate_id": m.id, "renewed_as": renewed.id}),
-                personal: vec![],
-            }
-            .prepare(None, now),
-        )
-        .await?;
+    journal_aidant(
+        &ctx,
+        &step,
+        &m,
+        "mandate.renewed",
+        json!({"mandate_id": m.id, "renewed_as": renewed.id}),
+        now,
+    )
+    .await?;
     tracing::info!(event = "mandate_renewed", federation = %ctx.fed.id, "mandate renewed");
     Ok(redirect(&ctx.fed.url(&format!(
         "/aidant/mandats/{}/attestation",

@@ -7,14 +7,16 @@
 //! (`usager.consulted`).
 
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
-use super::{lang_from, session_key, set_cookie, Cookies, Ctx, Params};
-use crate::config::Profile;
+use super::mandate_new::{
+    auth_views, citizen_only, not_found, put_interaction, revoke as revoke_mandate, session_or_new,
+    AuthView,
+};
+use super::{lang_from, set_cookie, Cookies, Ctx, Params};
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
 use crate::identity::PivotIdentity;
 use crate::mandates::journal::Event;
-use crate::mandates::{Actor, MandateError, Salt};
-use crate::store::Kind;
+use crate::mandates::{Actor, Salt};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -34,17 +36,9 @@ pub async fn start(
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     let fed = &ctx.fed;
-    if fed.cfg.profile != Profile::Citizen {
-        return Err(ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None));
-    }
+    citizen_only(&ctx, lang)?;
     // The interaction is bound to this browser's cookie (a new one if none).
-    let (session, new_cookie) = match cookies.session_id(fed) {
-        Some(sid) => (sid, None),
-        None => {
-            let value = random_token(32);
-            (session_key(&value), Some(value))
-        }
-    };
+    let (session, new_cookie) = session_or_new(&ctx, &cookies);
     let req = AuthRequest::own_sign_in(fed.url("/usager"), lang);
     let inter = Interaction {
         req,
@@ -60,18 +54,7 @@ pub async fn start(
         mandate_draft: None,
         usager_consultation: true,
     };
-    let id = random_token(24);
-    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Interaction,
-            &id,
-            &fed.id,
-            &data,
-            ctx.now() + fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    let id = put_interaction(&ctx, &inter).await?;
     let mut resp = redirect(&fed.url(&format!("/interaction/{id}")));
     if let Some(value) = new_cookie {
         resp.headers_mut().insert(
@@ -110,16 +93,6 @@ async fn signed_in(
         .usager_by_identity_key(&identity.identity_key())
         .await?;
     Ok((inter, usager))
-}
-
-#[derive(Serialize)]
-struct AuthView {
-    domain: String,
-    starts: String,
-    expires: String,
-    status: &'static str,
-    active: bool,
-    revoked_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -171,18 +144,7 @@ pub async fn page(
             mandates.push(MandateView {
                 organisation: org.map(|o| o.name).unwrap_or_default(),
                 created: super::aidant::date(m.created_at),
-                authorisations: m
-                    .authorisations
-                    .iter()
-                    .map(|a| AuthView {
-                        domain: a.domain.clone(),
-                        starts: super::aidant::date(a.starts_at),
-                        expires: super::aidant::date(a.expires_at),
-                        status: a.status(now),
-                        active: a.is_active(now),
-                        revoked_at: a.revoked_at.map(crate::mandates::cli::utc),
-                    })
-                    .collect(),
+                authorisations: auth_views(&m, now),
                 revocable: m.authorisations.iter().any(|a| a.is_active(now)),
                 uses,
                 id: m.id,
@@ -228,30 +190,16 @@ pub async fn revoke(
     let form = Params::parse(&body).unwrap_or_default();
     check_csrf(&ctx, &inter, &form)?;
     let lang = inter.req.lang;
-    let not_found = || ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None);
+    let not_found = || not_found(&ctx, lang);
     let usager_id = usager.ok_or_else(not_found)?;
-    let store = &ctx.app.store;
-    let mid = form.get("mandate").unwrap_or("").to_string();
-    store
-        .mandate(&mid)
+    let mid = form.get("mandate").unwrap_or("");
+    ctx.app
+        .store
+        .mandate(mid)
         .await?
         .filter(|m| m.usager_id == usager_id)
         .ok_or_else(not_found)?;
     let actor = Actor::Usager(usager_id);
-    let now = ctx.now();
-    let result = match form.get("domain").filter(|d| !d.is_empty()) {
-        Some(d) => store.revoke_domain(&mid, d, &actor, now).await,
-        None => store.revoke_mandate(&mid, &actor, now).await,
-    };
-    match result {
-        Ok(domains) => {
-            tracing::info!(event = "mandate_revoked", federation = %ctx.fed.id, domains = %domains.join(","), "mandate revoked by the usager");
-        }
-        Err(MandateError::NotAllowed) => {
-            return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
-        }
-        Err(MandateError::NotFound(_)) => return Err(not_found()),
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
-    }
+    revoke_mandate(&ctx, lang, mid, &form, &actor, "the usager").await?;
     Ok(redirect(&ctx.fed.url(&format!("/interaction/{id}/usager"))))
 }
