@@ -1164,20 +1164,41 @@ pub async fn attestation(
     )
 }
 
-/// How long after its end (expiry or revocation) a mandate may be renewed.
+/// How long after its expiry a mandate may be renewed.
 pub const RENEWABLE_WITHIN_SECS: i64 = 365 * 86_400;
 
-/// A mandate may be renewed when none of its domains is active any more
-/// and its last domain ended (expired or was revoked) less than a year ago.
+/// Why a mandate cannot be renewed by an aidant alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRenewable {
+    /// A domain is still active (nothing to renew).
+    StillActive,
+    /// A domain was revoked (by the usager, an administrator or an aidant):
+    /// only a new mandate, with the usager's own sign-in, may follow.
+    Revoked,
+    /// It expired more than [`RENEWABLE_WITHIN_SECS`] ago (or has no domain).
+    TooOld,
+}
+
+/// Whether an aidant may renew a mandate without the usager signing in:
+/// only a mandate that ended **by expiry**, every domain expired and none
+/// revoked, less than a year ago. A revocation is the usager's (or an
+/// administrator's) decision; renewing it would undo it.
+pub fn renewal_rule(m: &Mandate, now: i64) -> Result<(), NotRenewable> {
+    if m.authorisations.iter().any(|a| a.revoked_at.is_some()) {
+        return Err(NotRenewable::Revoked);
+    }
+    if m.authorisations.iter().any(|a| a.is_active(now) || now < a.starts_at) {
+        return Err(NotRenewable::StillActive);
+    }
+    match m.authorisations.iter().map(|a| a.expires_at).max() {
+        Some(ended) if ended <= now && now - ended < RENEWABLE_WITHIN_SECS => Ok(()),
+        _ => Err(NotRenewable::TooOld),
+    }
+}
+
+/// [`renewal_rule`] as a yes/no.
 pub fn renewable(m: &Mandate, now: i64) -> bool {
-    let ended = m
-        .authorisations
-        .iter()
-        .map(|a| a.revoked_at.unwrap_or(a.expires_at).min(a.expires_at))
-        .max();
-    !m.authorisations.is_empty()
-        && m.authorisations.iter().all(|a| !a.is_active(now))
-        && ended.is_some_and(|e| e <= now && now - e < RENEWABLE_WITHIN_SECS)
+    renewal_rule(m, now).is_ok()
 }
 
 /// The offered duration closest to the mandate's original one.
@@ -1213,8 +1234,27 @@ async fn renewal_target(
     let m = store
         .mandate(mid)
         .await?
-        .filter(|m| m.org_id == step.org_id && renewable(m, ctx.now()))
+        .filter(|m| m.org_id == step.org_id)
         .ok_or_else(not_found)?;
+    match renewal_rule(&m, ctx.now()) {
+        Ok(()) => {}
+        Err(NotRenewable::Revoked) => {
+            // Journalled: an attempt to act again for someone who (or for
+            // whom an administrator) withdrew the mandate.
+            journal_aidant(
+                ctx,
+                &step,
+                &m,
+                "mandate.renewal_refused",
+                json!({"mandate_id": m.id, "reason": "revoked"}),
+                ctx.now(),
+            )
+            .await?;
+            tracing::warn!(event = "mandate_renewal_refused", federation = %ctx.fed.id, reason = "revoked", "renewal of a revoked mandate refused");
+            return Err(not_found());
+        }
+        Err(_) => return Err(not_found()),
+    }
     // A purged usager cannot be renewed for (nothing names the person).
     if store.usager_purged_at(&m.usager_id).await?.is_some() {
         return Err(not_found());
@@ -1348,4 +1388,66 @@ pub async fn renew_submit(
         "/aidant/mandats/{}/attestation",
         renewed.id
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mandates::Authorisation;
+
+    fn mandate(auths: &[(i64, i64, Option<i64>)]) -> Mandate {
+        Mandate {
+            id: "m".into(),
+            org_id: "o".into(),
+            usager_id: "u".into(),
+            created_by: "a".into(),
+            consent_version: "v".into(),
+            consent_hash: "h".into(),
+            created_at: 0,
+            authorisations: auths
+                .iter()
+                .enumerate()
+                .map(|(i, (starts, expires, revoked))| Authorisation {
+                    id: format!("a{i}"),
+                    mandate_id: "m".into(),
+                    domain: format!("d{i}"),
+                    starts_at: *starts,
+                    expires_at: *expires,
+                    revoked_at: *revoked,
+                    revoked_by: revoked.map(|_| "usager:u".into()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_an_expiry_is_renewable() {
+        let day = 86_400;
+        // Expired yesterday: renewable.
+        assert_eq!(renewal_rule(&mandate(&[(0, 10 * day, None)]), 11 * day), Ok(()));
+        // Still active, or one domain still active.
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, None)]), 5 * day),
+            Err(NotRenewable::StillActive)
+        );
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, None), (0, 20 * day, None)]), 11 * day),
+            Err(NotRenewable::StillActive)
+        );
+        // Revoked, even long expired since, or one domain of several.
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, Some(day))]), 11 * day),
+            Err(NotRenewable::Revoked)
+        );
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, None), (0, 10 * day, Some(2 * day))]), 11 * day),
+            Err(NotRenewable::Revoked)
+        );
+        // More than a year after the end, or no domain at all.
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, None)]), 10 * day + RENEWABLE_WITHIN_SECS),
+            Err(NotRenewable::TooOld)
+        );
+        assert_eq!(renewal_rule(&mandate(&[]), day), Err(NotRenewable::TooOld));
+    }
 }

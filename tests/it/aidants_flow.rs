@@ -1362,12 +1362,12 @@ async fn referent_dashboard_shown_only_to_referents() {
     }
 }
 
-/// Flow 5: a revoked mandate (less than a year ago) is renewed from the
+/// Flow 5: an expired mandate (less than a year ago) is renewed from the
 /// aidant's page with the same confirmation (informed usager + TOTP code):
 /// a new mandate for the same usager, organisation and domains, usable at
 /// once; an active mandate cannot be "renewed".
 #[tokio::test]
-async fn revoked_mandate_renewed_with_totp_confirmation() {
+async fn expired_mandate_renewed_with_totp_confirmation() {
     use relais::demo::aidants::*;
     for db in databases() {
         let env = Env::start_with(db, String::new(), vec![], false).await;
@@ -1390,13 +1390,17 @@ async fn revoked_mandate_renewed_with_totp_confirmation() {
         let (_, status, _) = browser.go(&renew, &stop).await.page();
         assert_eq!(status, 404, "an active mandate is not renewable");
 
-        let now = env.stack.state.now();
-        store
-            .revoke_mandate(&mid, &Actor::Admin, now)
-            .await
-            .unwrap();
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        // The demo mandate lasts 365 days: two days after its end.
+        env.stack.state.advance_clock(367 * 86_400);
+        let browser = Browser::new();
+        let html = aidant_home(
+            &env,
+            &browser,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            DEMO_AIDANT_TOTP,
+        )
+        .await;
         assert!(html.contains(&format!("renew-{mid}")), "{html}");
 
         let (url, status, html) = browser.go(&renew, &stop).await.page();
@@ -2200,11 +2204,8 @@ async fn purged_usager_mandate_not_renewable() {
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
-        store
-            .revoke_mandate(&mid, &Actor::Admin, env.stack.state.now())
-            .await
-            .unwrap();
-        env.stack.state.advance_clock(2 * 86_400);
+        // Expired two days ago (the demo mandate lasts 365 days).
+        env.stack.state.advance_clock(367 * 86_400);
         let browser = Browser::new();
         let html = aidant_home(
             &env,
@@ -2234,6 +2235,85 @@ async fn purged_usager_mandate_not_renewable() {
             .await
             .page();
         assert_eq!(status, 404);
+        env.cleanup().await;
+    }
+}
+
+/// Security review (issue 9, defect 1): a revocation is the usager's (or an
+/// administrator's) decision. A mandate with a revoked domain is never
+/// offered for renewal, and neither the renewal page nor its POST accept it
+/// (whoever revoked it: the usager on `/usager`, an administrator, an
+/// aidant); the refusal is journalled. Only an expiry is renewable.
+#[tokio::test]
+async fn revoked_mandate_never_renewable() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        let demo = seed(&env.stack).await.unwrap();
+        let mid = demo.mandate_id.clone();
+        let store = &env.stack.state.store;
+        let stop = format!("{}/callback", env.stack.urls.service);
+        let broker = env.broker().to_string();
+
+        // The usager revokes one domain themselves, then an administrator
+        // revokes the rest.
+        let usager = Browser::new();
+        let (url, html) = usager_page(&env, &usager, DEMO_USAGER_LOGIN).await;
+        let (action, hidden) = form(&html);
+        let csrf = hidden.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+        let fields = vec![
+            ("csrf".to_string(), csrf),
+            ("mandate".to_string(), mid.clone()),
+            ("domain".to_string(), "papiers".to_string()),
+        ];
+        let (_, status, html) = usager
+            .post(&absolute(&url, &action), &fields, &stop)
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        for step in ["usager", "admin", "expired"] {
+            if step == "admin" {
+                store
+                    .revoke_mandate(&mid, &Actor::Admin, env.stack.state.now())
+                    .await
+                    .unwrap();
+            }
+            if step == "expired" {
+                // Even once every domain has also passed its end.
+                env.stack.state.advance_clock(367 * 86_400);
+            }
+            let browser = Browser::new();
+            let home = aidant_home(
+                &env,
+                &browser,
+                DEMO_AIDANT_EMAIL,
+                DEMO_AIDANT_PASSWORD,
+                DEMO_AIDANT_TOTP,
+            )
+            .await;
+            assert!(!home.contains(&format!("renew-{mid}")), "{step}: {home}");
+            let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
+            let (_, status, _) = browser.go(&renew, &stop).await.page();
+            assert_eq!(status, 404, "{step}: renewal page refused");
+            // The POST re-checks (a recap page opened earlier, or a forged
+            // form): a valid CSRF token and TOTP code change nothing.
+            let (_, hidden) = form(&home);
+            let csrf = hidden.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+            let fields = vec![
+                ("csrf".to_string(), csrf),
+                ("informed".to_string(), "yes".to_string()),
+                ("totp".to_string(), demo_code(&env)),
+            ];
+            let (_, status, _) = browser.post(&renew, &fields, &stop).await.page();
+            assert_eq!(status, 404, "{step}: renewal POST refused");
+            assert_eq!(
+                store.list_mandates(&demo.org_id).await.unwrap().len(),
+                1,
+                "{step}: no new mandate"
+            );
+        }
+        let refusals = journal_of(store, "mandate.renewal_refused").await;
+        assert!(refusals.len() >= 6, "journalled: {}", refusals.len());
         env.cleanup().await;
     }
 }
