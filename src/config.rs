@@ -388,6 +388,11 @@ pub struct ClientConfig {
     /// private_key_jwt: inline JWK set (JSON text) or a jwks_uri.
     pub jwks: Option<String>,
     pub jwks_uri: Option<String>,
+    /// private_key_jwt: also accept the token endpoint URL as the assertion's
+    /// `aud` (older client libraries send it). Off: only the issuer, as a
+    /// single string.
+    #[serde(default)]
+    pub assertion_audience_token_endpoint: bool,
     /// Procedure domains for which this service accepts an aidant acting for
     /// an usager under a mandate (citizen profile). Empty: no delegation.
     #[serde(default)]

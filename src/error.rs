@@ -80,6 +80,24 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<crate::mandates::LoginError> for AppError {
+    fn from(e: crate::mandates::LoginError) -> Self {
+        match e {
+            crate::mandates::LoginError::Store(e) => e.into(),
+            e @ crate::mandates::LoginError::Refused => AppError::internal(e),
+        }
+    }
+}
+
+impl From<crate::mandates::MandateError> for AppError {
+    fn from(e: crate::mandates::MandateError) -> Self {
+        match e {
+            crate::mandates::MandateError::Store(e) => e.into(),
+            e => AppError::Internal(format!("{e:?}")),
+        }
+    }
+}
+
 /// Build `uri` with extra query parameters (keeps the URI's own query).
 pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     match url::Url::parse(uri) {
@@ -196,6 +214,10 @@ impl IntoResponse for AppError {
             } => {
                 tracing::info!(error, %description, "token endpoint error");
                 let mut resp = json_error(status, error, &description);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                }
                 if status == StatusCode::UNAUTHORIZED {
                     resp.headers_mut().insert(
                         header::WWW_AUTHENTICATE,

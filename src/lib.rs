@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod federation;
 pub mod identity;
+pub mod limits;
 pub mod mandates;
 pub mod provider;
 pub mod server;
@@ -45,12 +46,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             router.nest(&fed.prefix, r)
         };
     }
-    // One per-IP throttle of aidant sign-ins for the whole application
-    // (in memory, per node); handlers read it from the request extensions.
-    let throttle = Arc::new(provider::aidant::SignInThrottle::default());
     router
         .fallback(not_found)
-        .layer(axum::Extension(throttle))
         .layer(axum::middleware::map_response(security_headers))
 }
 

@@ -524,6 +524,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    relais::crypto::gate::return_freed_memory_to_the_system();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

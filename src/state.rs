@@ -91,6 +91,11 @@ pub struct AppState {
     pub totp_key: crate::mandates::TotpKey,
     /// The procedure domains mandates may cover (`[aidants] domains`).
     pub aidant_domains: Vec<String>,
+    /// Every argon2 run of the process goes through this gate (shared with
+    /// the store, which verifies aidant passwords).
+    pub argon2: Arc<crate::crypto::gate::Argon2Gate>,
+    /// Failed-attempt counters (`/token`, aidant sign-ins), in the store.
+    pub throttle: crate::limits::Throttle,
     clock_offset: AtomicI64,
 }
 
@@ -234,6 +239,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
     }
     let totp_key = crate::mandates::TotpKey::at_start(&config.server.keys_dir)?;
     Ok(AppState {
+        argon2: store.argon2_gate(),
         store,
         http,
         secrets: VerifiedCache::new(10_000),
@@ -243,6 +249,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
         totp_key,
         aidant_domains: config.aidants.domains.clone(),
+        throttle: Default::default(),
         clock_offset: AtomicI64::new(0),
     })
 }

@@ -1,4 +1,5 @@
 //! Cryptography: JWS/JWK over ring, key files and rotation, argon2 secrets.
+pub mod gate;
 pub mod jws;
 pub mod keys;
 pub mod secrets;

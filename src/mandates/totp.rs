@@ -147,6 +147,13 @@ pub fn verify(secret_b32: &str, code: &str, now: i64, last_used_step: i64) -> Op
     verify_digits(secret_b32, code, now, last_used_step, DIGITS)
 }
 
+/// Whether `code` is a genuine code of `secret` at `now` (one step of
+/// drift) whose step was already used (`<= last_used_step`): a replay, or
+/// the loser of two parallel submissions of one code.
+pub fn already_used(secret_b32: &str, code: &str, now: i64, last_used_step: i64) -> bool {
+    verify_digits(secret_b32, code, now, i64::MIN, DIGITS).is_some_and(|s| s <= last_used_step)
+}
+
 fn verify_digits(
     secret_b32: &str,
     code: &str,
@@ -278,6 +285,11 @@ mod tests {
         assert_eq!(verify(&secret, &code, now, step), None);
         assert_eq!(verify(&secret, &code, now, step + 1), None);
         assert_eq!(verify(&secret, &code, now, step - 1), Some(step));
+        // A genuine code whose step is used is told apart from a wrong one.
+        assert!(already_used(&secret, &code, now, step));
+        assert!(!already_used(&secret, &code, now, step - 1));
+        assert!(!already_used(&secret, "000000", now, step));
+        assert!(!already_used(&secret, &code, now + 2 * PERIOD, step));
         // The next step's code is still accepted after this one.
         let next = code_at(&secret, now + PERIOD).unwrap();
         assert_eq!(verify(&secret, &next, now + PERIOD, step), Some(step + 1));

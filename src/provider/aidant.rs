@@ -12,13 +12,11 @@ use crate::identity::pairwise_sub;
 use crate::state::Client;
 use crate::store::Kind;
 use crate::web::Lang;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 /// Level reported for an aidant's authentication (password + TOTP).
@@ -31,193 +29,66 @@ pub const AIDANT_AMR: [&str; 2] = ["pwd", "otp"];
 pub const AIDANT_FRESH_SECS: i64 = 15 * 60;
 
 /// Per-IP throttling of aidant sign-ins: at most this many failed attempts
-/// (password or TOTP code) from one client address within
-/// [`THROTTLE_WINDOW_SECS`]; further attempts get a 429 page without any
-/// password or code being checked.
+/// (password or TOTP code) from one client address within a window of
+/// [`THROTTLE_WINDOW_SECS`], counted across every node (`crate::limits`);
+/// further attempts get a 429 page without any password or code being
+/// checked.
 pub const THROTTLE_MAX_FAILURES: usize = 20;
-/// Sliding window of the per-IP throttling.
+/// Window of the per-IP throttling.
 pub const THROTTLE_WINDOW_SECS: i64 = 10 * 60;
-/// Most client addresses tracked at once (bounds the memory used).
-pub const THROTTLE_MAX_CLIENTS: usize = 10_000;
 
-/// Failed aidant sign-in attempts per client address, in memory on this
-/// node (each node counts its own). One instance per application, shared
-/// by the handlers through a request extension (see `crate::app`).
-#[derive(Debug, Default)]
-pub struct SignInThrottle {
-    failures: Mutex<HashMap<IpAddr, VecDeque<i64>>>,
-}
+const SIGN_IN_LIMIT: crate::limits::Limit = crate::limits::Limit {
+    max: THROTTLE_MAX_FAILURES as i64,
+    window_secs: THROTTLE_WINDOW_SECS,
+};
 
-impl SignInThrottle {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<i64>>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `key` reached the limit within the window ending at `now`.
-    pub fn blocked(&self, key: IpAddr, now: i64) -> bool {
-        Self::count(&self.map(), key, now) >= THROTTLE_MAX_FAILURES
-    }
-
-    fn count(map: &HashMap<IpAddr, VecDeque<i64>>, key: IpAddr, now: i64) -> usize {
-        map.get(&key).map_or(0, |q| {
-            q.iter()
-                .filter(|t| **t <= now && now - **t < THROTTLE_WINDOW_SECS)
-                .count()
-        })
-    }
-
-    /// Check and reserve in one step (under the lock): when `key` is under
-    /// the limit at `now`, count one attempt at once and return true; else
-    /// return false (nothing counted). So a burst of parallel attempts cannot
-    /// all pass the check before any of them is counted. The caller keeps
-    /// the reservation for a failed attempt, and gives it back with
-    /// [`SignInThrottle::release`] otherwise.
-    pub fn try_reserve(&self, key: IpAddr, now: i64) -> bool {
-        let mut map = self.map();
-        if Self::count(&map, key, now) >= THROTTLE_MAX_FAILURES {
-            return false;
-        }
-        Self::push(&mut map, key, now);
-        true
-    }
-
-    /// Give back one reservation made at `at` (a success, or an attempt
-    /// that could not be checked). Earlier failures stay counted.
-    pub fn release(&self, key: IpAddr, at: i64) {
-        let mut map = self.map();
-        if let Some(q) = map.get_mut(&key) {
-            if let Some(i) = q.iter().rposition(|t| *t == at) {
-                q.remove(i);
-            }
-            if q.is_empty() {
-                map.remove(&key);
-            }
-        }
-    }
-
-    /// Count one failed attempt of `key` at `now`.
-    pub fn record_failure(&self, key: IpAddr, now: i64) {
-        Self::push(&mut self.map(), key, now);
-    }
-
-    fn push(map: &mut HashMap<IpAddr, VecDeque<i64>>, key: IpAddr, now: i64) {
-        if !map.contains_key(&key) && map.len() >= THROTTLE_MAX_CLIENTS {
-            // Forget the addresses without a failure in the window; if still
-            // full, the one whose last failure is the oldest.
-            map.retain(|_, q| q.back().is_some_and(|t| now - *t < THROTTLE_WINDOW_SECS));
-            if map.len() >= THROTTLE_MAX_CLIENTS {
-                let oldest = map
-                    .iter()
-                    .min_by_key(|(_, q)| q.back().copied().unwrap_or(i64::MIN))
-                    .map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    map.remove(&k);
-                }
-            }
-        }
-        let q = map.entry(key).or_default();
-        while q.front().is_some_and(|t| now - *t >= THROTTLE_WINDOW_SECS) {
-            q.pop_front();
-        }
-        q.push_back(now);
-        while q.len() > THROTTLE_MAX_FAILURES {
-            q.pop_front();
-        }
-    }
-
-    /// How many client addresses are tracked.
-    pub fn tracked(&self) -> usize {
-        self.map().len()
-    }
-}
-
-/// The client's address: the right-most `X-Forwarded-For` entry when the
-/// configuration trusts forwarded headers (the one added by our proxy),
-/// else the TCP peer.
-pub fn client_ip(
-    peer: Option<IpAddr>,
-    headers: &HeaderMap,
-    trust_forwarded: bool,
-) -> Option<IpAddr> {
-    if trust_forwarded {
-        let last = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|s| !s.is_empty());
-        if let Some(ip) = last.and_then(|s| {
-            s.parse::<IpAddr>()
-                .ok()
-                .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
-        }) {
-            return Some(ip);
-        }
-    }
-    peer
-}
-
-/// The throttling key of an address: IPv4 as is, IPv6 by its /64 prefix
-/// (one customer's network); an unknown address shares one key.
-pub fn throttle_key(ip: Option<IpAddr>) -> IpAddr {
-    match ip {
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        Some(IpAddr::V4(v4)) => IpAddr::V4(v4),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
-/// Extractor for the sign-in handlers: the client's throttling key and the
-/// application's [`SignInThrottle`] (absent if the router was built without
-/// it: no throttling then).
+/// Extractor for the sign-in handlers: the client's address key.
 ///
-/// [`SignInGuard::refuse`] reserves one attempt; the reservation is kept by
-/// [`SignInGuard::failed`] and given back when the guard is dropped
-/// otherwise (success, server or store error, early return).
+/// [`SignInGuard::refuse`] reserves one attempt in the application's
+/// throttle; the reservation is kept by [`SignInGuard::failed`] and given
+/// back when the guard is dropped otherwise (success, server or store
+/// error, early return).
 pub struct SignInGuard {
-    key: IpAddr,
-    throttle: Option<Arc<SignInThrottle>>,
-    /// Time of the reservation made by `refuse`, until kept or released.
-    reserved: Mutex<Option<i64>>,
+    key: String,
+    app: Arc<crate::state::AppState>,
+    /// The reservation made by `refuse`, until kept or released.
+    reserved: Mutex<Option<crate::limits::Reservation>>,
 }
 
 impl FromRequestParts<Ctx> for SignInGuard {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let ip = client_ip(peer, &parts.headers, ctx.app.trust_forwarded);
+        let super::ClientAddress(ip) = super::ClientAddress::from_request_parts(parts, ctx).await?;
         Ok(SignInGuard {
-            key: throttle_key(ip),
-            throttle: parts.extensions.get::<Arc<SignInThrottle>>().cloned(),
+            key: format!("aidant-sign-in:{ip}"),
+            app: ctx.app.clone(),
             reserved: Mutex::new(None),
         })
     }
 }
 
 impl SignInGuard {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<crate::limits::Reservation>> {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The 429 page when this client made too many failed attempts; else
     /// `None`, and one attempt is reserved (counted) for this client until
     /// the outcome is known (see [`SignInGuard::failed`]).
-    pub fn refuse(&self, ctx: &Ctx, lang: Lang) -> Option<Response> {
-        let t = self.throttle.as_ref()?;
+    pub async fn refuse(&self, ctx: &Ctx, lang: Lang) -> Result<Option<Response>, AppError> {
+        let app = &ctx.app;
         let now = ctx.now();
-        if t.try_reserve(self.key, now) {
-            if let Some(prev) = self.slot().replace(now) {
+        if let Some(r) = app
+            .throttle
+            .try_reserve(&app.store, &self.key, SIGN_IN_LIMIT, now)
+            .await?
+        {
+            let prev = self.slot().replace(r);
+            if let Some(prev) = prev {
                 // Called twice: give back the older reservation.
-                t.release(self.key, prev);
+                app.throttle.release(&app.store, &prev).await?;
             }
-            return None;
+            return Ok(None);
         }
         tracing::warn!(event = "aidant_sign_in_throttled", federation = %ctx.fed.id, "too many failed aidant sign-ins from one client address");
         let mut resp = ctx
@@ -230,27 +101,38 @@ impl SignInGuard {
             .into_response();
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(THROTTLE_WINDOW_SECS));
-        Some(resp)
+        Ok(Some(resp))
     }
 
     /// Count a failed attempt (wrong password or code, locked account…):
     /// keeps the reservation made by `refuse` (or counts one if none).
-    pub fn failed(&self, ctx: &Ctx) {
-        if let Some(t) = &self.throttle {
-            if self.slot().take().is_none() {
-                t.record_failure(self.key, ctx.now());
-            }
+    pub async fn failed(&self, ctx: &Ctx) -> Result<(), AppError> {
+        let reserved = self.slot().take();
+        if reserved.is_none() {
+            let app = &ctx.app;
+            app.throttle
+                .record_failure(&app.store, &self.key, SIGN_IN_LIMIT, ctx.now())
+                .await?;
         }
+        Ok(())
     }
 }
 
 impl Drop for SignInGuard {
     /// An attempt that did not fail (success, server or store error) gives
-    /// its reservation back; earlier failures stay counted.
+    /// its reservation back; earlier failures stay counted. The release is
+    /// one statement, run after the response on the runtime.
     fn drop(&mut self) {
-        let reserved = self.slot().take();
-        if let (Some(t), Some(at)) = (&self.throttle, reserved) {
-            t.release(self.key, at);
+        let Some(r) = self.slot().take() else {
+            return;
+        };
+        let app = self.app.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = app.throttle.release(&app.store, &r).await {
+                    tracing::warn!(error = %e, "sign-in throttle release failed");
+                }
+            });
         }
     }
 }
@@ -376,7 +258,7 @@ pub async fn login_submit(
     check_csrf(&ctx, &inter, &form)?;
     let client = delegating_client(&ctx, &inter)?;
     check_acr(&ctx, &inter)?;
-    if let Some(resp) = guard.refuse(&ctx, inter.req.lang) {
+    if let Some(resp) = guard.refuse(&ctx, inter.req.lang).await? {
         return Ok(resp);
     }
     let now = ctx.now();
@@ -395,10 +277,10 @@ pub async fn login_submit(
         Ok(l) => l,
         Err(crate::mandates::LoginError::Refused) => {
             tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, ok = false, "aidant sign-in refused");
-            guard.failed(&ctx);
+            guard.failed(&ctx).await?;
             return login_form(&ctx, &id, &inter, client, true);
         }
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+        Err(e) => return Err(e.into()),
     };
     let Some(org_id) = login.current_org else {
         return Err(refused(&ctx, &inter, &id));
@@ -464,107 +346,11 @@ pub(crate) fn date(ts: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn dates() {
         assert_eq!(super::date(0), "1970-01-01");
         assert_eq!(super::date(951_782_400), "2000-02-29");
         assert_eq!(super::date(1_798_675_200), "2026-12-31");
-    }
-
-    #[test]
-    fn client_ip_from_peer_or_trusted_forwarded_header() {
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
-        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
-        // Not trusted: the header is ignored.
-        assert_eq!(client_ip(Some(peer), &h, false), Some(peer));
-        // Trusted: the right-most entry (added by our proxy).
-        assert_eq!(client_ip(Some(peer), &h, true), "3.3.3.3".parse().ok());
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            "9.9.9.9, [2001:db8::1]:443".parse().unwrap(),
-        );
-        assert_eq!(client_ip(None, &h, true), "2001:db8::1".parse().ok());
-        // Garbage or absent: the peer.
-        h.insert("x-forwarded-for", "unknown".parse().unwrap());
-        assert_eq!(client_ip(Some(peer), &h, true), Some(peer));
-        assert_eq!(client_ip(Some(peer), &HeaderMap::new(), true), Some(peer));
-    }
-
-    #[test]
-    fn throttle_keys() {
-        let k = |s: &str| throttle_key(s.parse().ok());
-        assert_eq!(k("192.0.2.7"), k("192.0.2.7"));
-        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
-        assert_eq!(
-            k("2001:db8:1:2:aaaa::1"),
-            k("2001:db8:1:2:bbbb::2"),
-            "same /64"
-        );
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
-        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
-        assert_eq!(throttle_key(None), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    }
-
-    #[test]
-    fn throttle_limit_window_and_memory_bound() {
-        let t = SignInThrottle::default();
-        let a = k4(1);
-        let b = k4(2);
-        for i in 0..THROTTLE_MAX_FAILURES as i64 {
-            assert!(!t.blocked(a, 1000 + i));
-            t.record_failure(a, 1000 + i);
-        }
-        assert!(t.blocked(a, 1000 + THROTTLE_MAX_FAILURES as i64));
-        assert!(!t.blocked(b, 1000), "other addresses unaffected");
-        // The window slides: once the first failures are older, unblocked.
-        assert!(!t.blocked(a, 1000 + THROTTLE_WINDOW_SECS));
-        // Bounded memory: old addresses are pruned, recent ones kept.
-        for i in 0..THROTTLE_MAX_CLIENTS as u32 {
-            t.record_failure(k4(1000 + i), 5000);
-        }
-        assert_eq!(t.tracked(), THROTTLE_MAX_CLIENTS);
-        t.record_failure(k4(999_999), 5000 + THROTTLE_WINDOW_SECS);
-        assert_eq!(t.tracked(), 1, "expired entries pruned");
-        for i in 0..(THROTTLE_MAX_CLIENTS as u32 + 10) {
-            t.record_failure(k4(2_000_000 + i), 9_000);
-        }
-        assert_eq!(
-            t.tracked(),
-            THROTTLE_MAX_CLIENTS,
-            "still full: oldest evicted"
-        );
-        assert!(!t.blocked(k4(999_999), 9_000));
-    }
-
-    #[test]
-    fn throttle_reserves_atomically_and_releases() {
-        let t = SignInThrottle::default();
-        let a = k4(7);
-        for i in 0..THROTTLE_MAX_FAILURES as i64 {
-            assert!(t.try_reserve(a, 100 + i), "reservation {i}");
-        }
-        assert!(!t.try_reserve(a, 200), "limit reached: nothing reserved");
-        assert!(t.blocked(a, 200));
-        // A success gives back its own reservation only.
-        t.release(a, 100 + THROTTLE_MAX_FAILURES as i64 - 1);
-        assert!(!t.blocked(a, 200));
-        assert!(t.try_reserve(a, 200));
-        assert!(!t.try_reserve(a, 201));
-        // Releasing what is not there changes nothing.
-        t.release(k4(8), 100);
-        t.release(a, 5);
-        assert!(t.blocked(a, 201));
-        // The window still slides.
-        assert!(t.try_reserve(a, 100 + THROTTLE_WINDOW_SECS));
-    }
-
-    fn k4(n: u32) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::from(n))
     }
 }
 

@@ -206,7 +206,7 @@ pub async fn submit(
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
-    if let Some(resp) = guard.refuse(&ctx, lang) {
+    if let Some(resp) = guard.refuse(&ctx, lang).await? {
         return Ok(private(resp, StatusCode::TOO_MANY_REQUESTS));
     }
     let f = Params::parse(&body).unwrap_or_default();
@@ -228,7 +228,7 @@ pub async fn submit(
                 code_form(&ctx, lang, &token, &pending, &proof, false)
             }
             Err(LoginError::Refused) => {
-                guard.failed(&ctx);
+                guard.failed(&ctx).await?;
                 password_form(&ctx, lang, &token, true, false).await
             }
             Err(LoginError::Store(e)) => Err(e.into()),
@@ -240,12 +240,12 @@ pub async fn submit(
         .pending_enrolment(&token, &ctx.app.totp_key, now)
         .await?
     else {
-        guard.failed(&ctx);
+        guard.failed(&ctx).await?;
         return Ok(not_found(&ctx, lang));
     };
     let proof = f.get("proof").unwrap_or("");
     if !check_proof(&ctx.app.totp_key, proof, &token, &pending.aidant_id, now) {
-        guard.failed(&ctx);
+        guard.failed(&ctx).await?;
         return password_page(&ctx, lang, &token, &pending, false, true);
     }
     let result = ctx
@@ -273,7 +273,7 @@ pub async fn submit(
             Ok(private(resp, StatusCode::OK))
         }
         Err(LoginError::Refused) => {
-            guard.failed(&ctx);
+            guard.failed(&ctx).await?;
             code_form(&ctx, lang, &token, &pending, proof, true)
         }
         Err(LoginError::Store(e)) => Err(e.into()),

@@ -348,7 +348,7 @@ async fn switch_to_active(
             Err(crate::mandates::MandateError::NotAllowed)
             | Err(crate::mandates::MandateError::Invalid(_))
             | Err(crate::mandates::MandateError::NotFound(_)) => continue,
-            Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+            Err(e) => return Err(e.into()),
         }
         let step = AidantStep {
             org_id: org.id.clone(),
@@ -424,7 +424,7 @@ pub async fn switch_submit(
     {
         Ok(()) => {}
         Err(crate::mandates::MandateError::NotAllowed) => return Err(refused()),
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+        Err(e) => return Err(e.into()),
     }
     // The browser's sign-in now acts for that organisation (same sign-in
     // time, same expiry: the session was written at the sign-in).
@@ -523,7 +523,7 @@ async fn confirm(
     if form.get("informed") != Some("yes") {
         return Ok(Confirmation::Retry);
     }
-    if let Some(resp) = guard.refuse(ctx, lang) {
+    if let Some(resp) = guard.refuse(ctx, lang).await? {
         return Ok(Confirmation::Throttled(resp));
     }
     match ctx
@@ -540,10 +540,10 @@ async fn confirm(
     {
         Ok(_) => Ok(Confirmation::Confirmed),
         Err(crate::mandates::LoginError::Refused) => {
-            guard.failed(ctx);
+            guard.failed(ctx).await?;
             Ok(Confirmation::Retry)
         }
-        Err(e) => Err(AppError::internal(format!("{e:?}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -654,7 +654,7 @@ pub async fn login_submit(
         return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
     };
     check_page_csrf(&ctx, lang, &sid, &form)?;
-    if let Some(resp) = guard.refuse(&ctx, lang) {
+    if let Some(resp) = guard.refuse(&ctx, lang).await? {
         return Ok(resp);
     }
     let now = ctx.now();
@@ -692,10 +692,10 @@ pub async fn login_submit(
         Ok(l) => l,
         Err(crate::mandates::LoginError::Refused) => {
             tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, ok = false, page = "mandates", "aidant sign-in refused");
-            guard.failed(&ctx);
+            guard.failed(&ctx).await?;
             return sign_in_form(&ctx, lang, &sid, totp_only, true);
         }
-        Err(e) => return Err(AppError::internal(format!("{e:?}"))),
+        Err(e) => return Err(e.into()),
     };
     let Some(org_id) = login.current_org else {
         return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None));
@@ -1046,7 +1046,7 @@ pub(super) async fn revoke(
             Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
         }
         Err(crate::mandates::MandateError::NotFound(_)) => Err(not_found(ctx, lang)),
-        Err(e) => Err(AppError::internal(format!("{e:?}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1187,7 +1187,10 @@ pub fn renewal_rule(m: &Mandate, now: i64) -> Result<(), NotRenewable> {
     if m.authorisations.iter().any(|a| a.revoked_at.is_some()) {
         return Err(NotRenewable::Revoked);
     }
-    if m.authorisations.iter().any(|a| a.is_active(now) || now < a.starts_at) {
+    if m.authorisations
+        .iter()
+        .any(|a| a.is_active(now) || now < a.starts_at)
+    {
         return Err(NotRenewable::StillActive);
     }
     match m.authorisations.iter().map(|a| a.expires_at).max() {
@@ -1424,14 +1427,20 @@ mod tests {
     fn only_an_expiry_is_renewable() {
         let day = 86_400;
         // Expired yesterday: renewable.
-        assert_eq!(renewal_rule(&mandate(&[(0, 10 * day, None)]), 11 * day), Ok(()));
+        assert_eq!(
+            renewal_rule(&mandate(&[(0, 10 * day, None)]), 11 * day),
+            Ok(())
+        );
         // Still active, or one domain still active.
         assert_eq!(
             renewal_rule(&mandate(&[(0, 10 * day, None)]), 5 * day),
             Err(NotRenewable::StillActive)
         );
         assert_eq!(
-            renewal_rule(&mandate(&[(0, 10 * day, None), (0, 20 * day, None)]), 11 * day),
+            renewal_rule(
+                &mandate(&[(0, 10 * day, None), (0, 20 * day, None)]),
+                11 * day
+            ),
             Err(NotRenewable::StillActive)
         );
         // Revoked, even long expired since, or one domain of several.
@@ -1440,12 +1449,18 @@ mod tests {
             Err(NotRenewable::Revoked)
         );
         assert_eq!(
-            renewal_rule(&mandate(&[(0, 10 * day, None), (0, 10 * day, Some(2 * day))]), 11 * day),
+            renewal_rule(
+                &mandate(&[(0, 10 * day, None), (0, 10 * day, Some(2 * day))]),
+                11 * day
+            ),
             Err(NotRenewable::Revoked)
         );
         // More than a year after the end, or no domain at all.
         assert_eq!(
-            renewal_rule(&mandate(&[(0, 10 * day, None)]), 10 * day + RENEWABLE_WITHIN_SECS),
+            renewal_rule(
+                &mandate(&[(0, 10 * day, None)]),
+                10 * day + RENEWABLE_WITHIN_SECS
+            ),
             Err(NotRenewable::TooOld)
         );
         assert_eq!(renewal_rule(&mandate(&[]), day), Err(NotRenewable::TooOld));

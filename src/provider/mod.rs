@@ -30,6 +30,23 @@ pub struct Ctx {
     pub fed: Arc<Federation>,
 }
 
+/// The client's address key (`crate::limits::request_address`): the TCP
+/// peer, or the trusted `X-Forwarded-For` entry.
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl axum::extract::FromRequestParts<Ctx> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Ctx,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(crate::limits::request_address(
+            parts,
+            ctx.app.trust_forwarded,
+        )))
+    }
+}
+
 /// Routes of one federation, relative to its issuer path.
 pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
     let ctx = Ctx { app, fed };

@@ -1,19 +1,22 @@
 //! Token endpoint (client authentication, code redemption, ID token) and userinfo.
 
 use super::authorize::CodeData;
-use super::{Ctx, Params};
+use super::{ClientAddress, Ctx, Params};
 use crate::config::ClientAuthMethod;
 use crate::crypto::{half_hash, random_token, sha256_b64};
 use crate::error::AppError;
+use crate::limits::Limit;
 use crate::state::Client;
 use crate::store::Redeem;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// What an access token gives access to.
@@ -26,42 +29,40 @@ pub struct TokenData {
     pub delegation: Option<super::Delegation>,
 }
 
-/// Failed client authentications per client, per minute.
-#[derive(Default)]
-pub struct FailureLimiter {
-    slots: Mutex<HashMap<String, (i64, u32)>>,
+/// Failed client authentications (wrong client secrets) counted per
+/// (client, client address): past this many in a window, that address gets
+/// 429 for that client without any argon2 run.
+const PER_ADDRESS: Limit = Limit {
+    max: 20,
+    window_secs: 60,
+};
+
+/// The per-client ceiling over every address. It only binds addresses that
+/// already failed in the window: a service whose secret verifies is never
+/// refused because others sent wrong secrets under its `client_id`.
+const PER_CLIENT: Limit = Limit {
+    max: 200,
+    window_secs: 60,
+};
+
+fn too_many_failures() -> AppError {
+    AppError::OAuth {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "invalid_client",
+        description: "too many failed attempts, try again in a minute".into(),
+    }
 }
 
-const MAX_FAILURES_PER_MINUTE: u32 = 20;
-
-impl FailureLimiter {
-    fn blocked(&self, key: &str, now: i64) -> bool {
-        self.slots
-            .lock()
-            .ok()
-            .and_then(|m| m.get(key).copied())
-            .is_some_and(|(start, n)| now - start < 60 && n >= MAX_FAILURES_PER_MINUTE)
-    }
-
-    fn fail(&self, key: &str, now: i64) {
-        if let Ok(mut m) = self.slots.lock() {
-            if m.len() > 100_000 {
-                m.clear();
-            }
-            let e = m.entry(key.to_string()).or_insert((now, 0));
-            if now - e.0 >= 60 {
-                *e = (now, 0);
-            }
-            e.1 += 1;
-        }
-    }
+/// The credentials of an `Authorization` header value with `scheme`,
+/// compared case-insensitively (RFC 7235 §2.1).
+pub fn auth_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = value.split_once(' ')?;
+    name.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = v
-        .strip_prefix("Basic ")
-        .or_else(|| v.strip_prefix("basic "))?;
+    let b64 = auth_scheme(v, "Basic")?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .ok()?;
@@ -80,9 +81,20 @@ async fn authenticate<'a>(
     ctx: &'a Ctx,
     headers: &HeaderMap,
     form: &Params,
+    address: IpAddr,
 ) -> Result<&'a Client, AppError> {
     let basic = basic_credentials(headers);
     let assertion = form.get("client_assertion");
+    // One authentication method per request (RFC 6749 §2.3).
+    let methods = usize::from(headers.contains_key(header::AUTHORIZATION))
+        + usize::from(form.get("client_secret").is_some())
+        + usize::from(assertion.is_some());
+    if methods > 1 {
+        return Err(AppError::oauth(
+            "invalid_request",
+            "use one client authentication method per request",
+        ));
+    }
     let claimed_id = match (&basic, form.get("client_id"), assertion) {
         (Some((id, _)), _, _) => id.clone(),
         (None, Some(id), _) => id.to_string(),
@@ -98,8 +110,6 @@ async fn authenticate<'a>(
     };
     let bad = || AppError::oauth("invalid_client", "client authentication failed");
     let client = ctx.fed.clients.get(&claimed_id).ok_or_else(bad)?;
-    let limiter_key = format!("{}:{}", ctx.fed.id, claimed_id);
-    let now = ctx.now();
     let secret = match client.cfg.token_endpoint_auth_method {
         ClientAuthMethod::ClientSecretBasic => basic.as_ref().map(|(_, s)| s.clone()),
         ClientAuthMethod::ClientSecretPost if basic.is_none() => {
@@ -111,47 +121,7 @@ async fn authenticate<'a>(
         ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
             match (secret, client.secret_hash.clone()) {
                 (Some(secret), Some(phc)) => {
-                    // A secret already verified costs one HMAC; anything else
-                    // pays a full argon2 run, off the async workers, and is
-                    // throttled per client after repeated failures (the
-                    // throttle never blocks a secret already verified).
-                    if ctx
-                        .app
-                        .secrets
-                        .is_cached(&client.cfg.client_id, &phc, &secret)
-                    {
-                        true
-                    } else if LIMITER.blocked(&limiter_key, now) {
-                        return Err(AppError::oauth(
-                            "invalid_client",
-                            "too many failed attempts, try again in a minute",
-                        ));
-                    } else {
-                        // At most one argon2 run per core at a time: each one
-                        // takes ~19 MiB, and a burst of first requests (or of
-                        // wrong secrets) must not multiply that.
-                        let _permit = ARGON2_SLOTS.acquire().await.map_err(AppError::internal)?;
-                        // Another request may have verified it while we waited.
-                        if ctx
-                            .app
-                            .secrets
-                            .is_cached(&client.cfg.client_id, &phc, &secret)
-                        {
-                            return Ok(client);
-                        }
-                        let (p, s) = (phc.clone(), secret.clone());
-                        let ok = tokio::task::spawn_blocking(move || {
-                            crate::crypto::secrets::verify_secret(&p, &s)
-                        })
-                        .await
-                        .map_err(AppError::internal)?;
-                        if ok {
-                            ctx.app
-                                .secrets
-                                .remember(&client.cfg.client_id, &phc, &secret);
-                        }
-                        ok
-                    }
+                    verify_client_secret(ctx, client, &phc, &secret, address).await?
                 }
                 _ => false,
             }
@@ -169,25 +139,129 @@ async fn authenticate<'a>(
         }
     };
     if !result {
-        LIMITER.fail(&limiter_key, now);
         return Err(bad());
     }
     Ok(client)
 }
 
-static ARGON2_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-    )
-});
+/// A client secret: one HMAC when this exact secret was verified before on
+/// this node; otherwise one attempt is reserved in the failure counters
+/// (per address, and the per-client ceiling) *before* waiting for the argon2
+/// gate, and given back when the secret verifies. So a burst of parallel
+/// wrong secrets runs argon2 at most [`PER_ADDRESS`] times per address and
+/// window, and the rest are refused at once.
+async fn verify_client_secret(
+    ctx: &Ctx,
+    client: &Client,
+    phc: &str,
+    secret: &str,
+    address: IpAddr,
+) -> Result<bool, AppError> {
+    let app = &ctx.app;
+    let id = client.cfg.client_id.as_str();
+    if app.secrets.is_cached(id, phc, secret) {
+        return Ok(true);
+    }
+    let now = ctx.now();
+    let per_address = format!("token:{}:{id}:{address}", ctx.fed.id);
+    let per_client = format!("token:{}:{id}", ctx.fed.id);
+    let Some(by_address) = app
+        .throttle
+        .try_reserve(&app.store, &per_address, PER_ADDRESS, now)
+        .await?
+    else {
+        tracing::warn!(event = "token_auth_throttled", federation = %ctx.fed.id, client = ?id, "too many failed client authentications from one address");
+        return Err(too_many_failures());
+    };
+    let by_client = app
+        .throttle
+        .try_reserve(&app.store, &per_client, PER_CLIENT, now)
+        .await?;
+    if by_client.is_none() && by_address.count > 1 {
+        tracing::warn!(event = "token_auth_throttled", federation = %ctx.fed.id, client = ?id, "too many failed client authentications for this client");
+        return Err(too_many_failures());
+    }
+    let pass = app.argon2.enter().await.map_err(gate_error)?;
+    // Another request may have verified it while we waited.
+    let ok = if app.secrets.is_cached(id, phc, secret) {
+        true
+    } else {
+        let (p, s) = (phc.to_string(), secret.to_string());
+        let ok = pass
+            .run(move || crate::crypto::secrets::verify_secret(&p, &s))
+            .await
+            .map_err(gate_error)?;
+        if ok {
+            app.secrets.remember(id, phc, secret);
+        }
+        ok
+    };
+    if ok {
+        for r in [Some(by_address), by_client].into_iter().flatten() {
+            app.throttle.release(&app.store, &r).await?;
+        }
+    } else {
+        tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?id, reason = "wrong secret", "client authentication failed");
+    }
+    Ok(ok)
+}
 
-static LIMITER: std::sync::LazyLock<FailureLimiter> =
-    std::sync::LazyLock::new(FailureLimiter::default);
+fn gate_error(e: crate::crypto::gate::GateError) -> AppError {
+    match e {
+        crate::crypto::gate::GateError::Busy => AppError::Unavailable(e.to_string()),
+        crate::crypto::gate::GateError::Worker(_) => AppError::internal(e),
+    }
+}
 
-/// private_key_jwt (RFC 7523): signature with the client's keys, iss = sub =
-/// client_id, aud = our token endpoint or issuer, not expired, jti never seen.
+/// The claims of a client assertion (RFC 7523 §3, with the 2025 audience
+/// advice of the OpenID Foundation): `iss` = `sub` = the client id; `aud` a
+/// single string, one of `audiences` (the issuer; the token endpoint URL
+/// only for clients that opted in), never an array; `exp` in the future and
+/// at most 10 minutes ahead; `iat` (required) and `nbf` (if present) not in
+/// the future (60 s of clock skew); a `jti`.
+pub fn assertion_claims_ok(
+    c: &Map<String, Value>,
+    client_id: &str,
+    audiences: &[&str],
+    now: i64,
+) -> Result<(), &'static str> {
+    const SKEW: i64 = 60;
+    let s = |k: &str| c.get(k).and_then(Value::as_str);
+    if s("iss") != Some(client_id) || s("sub") != Some(client_id) {
+        return Err("iss and sub must be the client id");
+    }
+    match c.get("aud") {
+        Some(Value::String(a)) if audiences.contains(&a.as_str()) => {}
+        Some(Value::Array(_)) => return Err("aud must be a single string"),
+        _ => return Err("wrong audience"),
+    }
+    let exp = c
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or("exp is required")?;
+    if exp <= now || exp > now + 600 {
+        return Err("exp must be within the next 10 minutes");
+    }
+    let iat = c
+        .get("iat")
+        .and_then(Value::as_i64)
+        .ok_or("iat is required")?;
+    if iat > now + SKEW {
+        return Err("iat is in the future");
+    }
+    if let Some(nbf) = c.get("nbf") {
+        if nbf.as_i64().is_none_or(|n| n > now + SKEW) {
+            return Err("nbf is in the future");
+        }
+    }
+    if s("jti").is_none_or(str::is_empty) {
+        return Err("jti is required");
+    }
+    Ok(())
+}
+
+/// private_key_jwt (RFC 7523): signature with the client's keys, the claims
+/// of [`assertion_claims_ok`], jti never seen.
 async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool, AppError> {
     let jwks = match (&client.jwks, &client.cfg.jwks_uri) {
         (Some(j), _) => j.clone(),
@@ -197,7 +271,7 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
     let u = match crate::crypto::jws::verify_with_jwks(jwt, &jwks) {
         Ok(u) => u,
         Err(e) => {
-            tracing::info!(client = %client.cfg.client_id, error = %e, "client assertion rejected");
+            tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?client.cfg.client_id, error = %e, "client assertion rejected");
             return Ok(false);
         }
     };
@@ -211,18 +285,17 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
     let s = |k: &str| c.get(k).and_then(Value::as_str);
     let id = client.cfg.client_id.as_str();
     let token_url = ctx.fed.url("/token");
-    let aud_ok = match c.get("aud") {
-        Some(Value::String(a)) => a == &token_url || a == &ctx.fed.issuer,
-        Some(Value::Array(list)) => list
-            .iter()
-            .any(|a| a.as_str() == Some(&token_url) || a.as_str() == Some(&ctx.fed.issuer)),
-        _ => false,
+    let audiences: &[&str] = if client.cfg.assertion_audience_token_endpoint {
+        &[&ctx.fed.issuer, &token_url]
+    } else {
+        &[&ctx.fed.issuer]
     };
     let now = ctx.now();
-    let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
-    if s("iss") != Some(id) || s("sub") != Some(id) || !aud_ok || exp <= now || exp > now + 600 {
+    if let Err(reason) = assertion_claims_ok(c, id, audiences, now) {
+        tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?id, reason, "client assertion rejected");
         return Ok(false);
     }
+    let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
     let Some(jti) = s("jti") else {
         return Ok(false);
     };
@@ -232,7 +305,7 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
         .record_jti(&ctx.fed.id, id, jti, exp + 60)
         .await?
     {
-        tracing::warn!(client = %id, "client assertion jti replayed");
+        tracing::warn!(event = "client_auth_failed", client = ?id, reason = "jti replayed", "client assertion jti replayed");
         return Ok(false);
     }
     Ok(true)
@@ -280,59 +353,21 @@ fn no_store_json(body: String) -> Response {
         .into_response()
 }
 
-pub async fn token(
-    State(ctx): State<Ctx>,
-    headers: HeaderMap,
-    body: String,
-) -> Result<Response, AppError> {
-    let form = Params::parse(&body).map_err(|e| AppError::oauth("invalid_request", e))?;
-    let client = authenticate(&ctx, &headers, &form).await?;
-    match form.get("grant_type") {
-        Some("authorization_code") => {}
-        Some(_) => {
-            return Err(AppError::oauth(
-                "unsupported_grant_type",
-                "only authorization_code is supported",
-            ))
-        }
-        None => return Err(AppError::oauth("invalid_request", "grant_type is required")),
+/// Whether this token request may redeem a code issued as `data` to
+/// `code_client` (RFC 6749 §4.1.3, RFC 7636 §4.6): the same client, the
+/// same `redirect_uri`, the PKCE verifier of the challenge.
+fn redemption_rule(
+    code_client: &str,
+    data: &CodeData,
+    client: &Client,
+    form: &Params,
+) -> Result<(), AppError> {
+    if code_client != client.cfg.client_id {
+        return Err(AppError::oauth(
+            "invalid_grant",
+            "code was issued to another client",
+        ));
     }
-    let code = form
-        .get("code")
-        .ok_or_else(|| AppError::oauth("invalid_request", "code is required"))?;
-    let fed = &ctx.fed;
-    let now = ctx.now();
-    let (grant_id, data) = match ctx
-        .app
-        .store
-        .redeem_code(&sha256_b64(code.as_bytes()), &fed.id, now)
-        .await?
-    {
-        Redeem::Fresh {
-            client_id,
-            grant_id,
-            data,
-        } => {
-            if client_id != client.cfg.client_id {
-                return Err(AppError::oauth(
-                    "invalid_grant",
-                    "code was issued to another client",
-                ));
-            }
-            (grant_id, data)
-        }
-        Redeem::Reused { grant_id } => {
-            tracing::warn!(federation = %fed.id, client = %client.cfg.client_id, grant = %grant_id, "authorization code reused: tokens revoked");
-            return Err(AppError::oauth("invalid_grant", "code already used"));
-        }
-        Redeem::Unknown => {
-            return Err(AppError::oauth(
-                "invalid_grant",
-                "code is invalid or expired",
-            ))
-        }
-    };
-    let data: CodeData = serde_json::from_str(&data).map_err(AppError::internal)?;
     if form.get("redirect_uri") != Some(data.redirect_uri.as_str()) {
         return Err(AppError::oauth(
             "invalid_grant",
@@ -363,6 +398,62 @@ pub async fn token(
         }
         (None, None) => {}
     }
+    Ok(())
+}
+
+pub async fn token(
+    State(ctx): State<Ctx>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, AppError> {
+    let form = Params::parse(&body).map_err(|e| AppError::oauth("invalid_request", e))?;
+    let client = authenticate(&ctx, &headers, &form, address).await?;
+    match form.get("grant_type") {
+        Some("authorization_code") => {}
+        Some(_) => {
+            return Err(AppError::oauth(
+                "unsupported_grant_type",
+                "only authorization_code is supported",
+            ))
+        }
+        None => return Err(AppError::oauth("invalid_request", "grant_type is required")),
+    }
+    let code = form
+        .get("code")
+        .ok_or_else(|| AppError::oauth("invalid_request", "code is required"))?;
+    let fed = &ctx.fed;
+    let now = ctx.now();
+    let code_hash = sha256_b64(code.as_bytes());
+    let (grant_id, data) = match ctx.app.store.redeem_code(&code_hash, &fed.id, now).await? {
+        Redeem::Fresh {
+            client_id,
+            grant_id,
+            data,
+        } => {
+            let data: CodeData = serde_json::from_str(&data).map_err(AppError::internal)?;
+            if let Err(refused) = redemption_rule(&client_id, &data, client, &form) {
+                // A mistake of this request does not use the code up (the
+                // legitimate request may still come): see docs/security.md.
+                ctx.app
+                    .store
+                    .restore_code(&code_hash, &fed.id, &grant_id)
+                    .await?;
+                return Err(refused);
+            }
+            (grant_id, data)
+        }
+        Redeem::Reused { grant_id } => {
+            tracing::warn!(federation = %fed.id, client = ?client.cfg.client_id, grant = %grant_id, "authorization code reused: tokens revoked");
+            return Err(AppError::oauth("invalid_grant", "code already used"));
+        }
+        Redeem::Unknown => {
+            return Err(AppError::oauth(
+                "invalid_grant",
+                "code is invalid or expired",
+            ))
+        }
+    };
     // Delegated sign-in: the mandate must still be valid for the domain.
     if let Some(d) = &data.delegation {
         if !ctx
@@ -440,10 +531,7 @@ pub async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Resp
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let token = auth
-        .strip_prefix("Bearer ")
-        .or_else(|| auth.strip_prefix("bearer "))
-        .map(str::trim)
+    let token = auth_scheme(auth, "Bearer")
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AppError::Bearer {
             status: axum::http::StatusCode::UNAUTHORIZED,
@@ -494,4 +582,69 @@ pub async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Resp
             .into_response());
     }
     Ok(no_store_json(Value::Object(data.userinfo).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn assertion_audience_and_times() {
+        let iss = "https://id.example";
+        let tok = "https://id.example/token";
+        let now = 1_000_000;
+        let base =
+            json!({"iss": "c", "sub": "c", "aud": iss, "exp": now + 60, "iat": now, "jti": "j"});
+        let with = |k: &str, v: Value| {
+            let mut c = claims(base.clone());
+            c.insert(k.into(), v);
+            c
+        };
+        assert_eq!(
+            assertion_claims_ok(&claims(base.clone()), "c", &[iss], now),
+            Ok(())
+        );
+        // The token endpoint only when the client opted in; arrays never.
+        assert!(assertion_claims_ok(&with("aud", json!(tok)), "c", &[iss], now).is_err());
+        assert_eq!(
+            assertion_claims_ok(&with("aud", json!(tok)), "c", &[iss, tok], now),
+            Ok(())
+        );
+        assert!(assertion_claims_ok(&with("aud", json!([iss])), "c", &[iss, tok], now).is_err());
+        assert!(assertion_claims_ok(&with("aud", json!([iss, "x"])), "c", &[iss], now).is_err());
+        assert!(
+            assertion_claims_ok(&with("aud", json!("https://other")), "c", &[iss], now).is_err()
+        );
+        // iss / sub.
+        assert!(assertion_claims_ok(&with("sub", json!("d")), "c", &[iss], now).is_err());
+        assert!(assertion_claims_ok(&claims(base.clone()), "d", &[iss], now).is_err());
+        // exp: in the future, at most 10 minutes.
+        assert!(assertion_claims_ok(&with("exp", json!(now)), "c", &[iss], now).is_err());
+        assert!(assertion_claims_ok(&with("exp", json!(now + 601)), "c", &[iss], now).is_err());
+        assert_eq!(
+            assertion_claims_ok(&with("exp", json!(now + 600)), "c", &[iss], now),
+            Ok(())
+        );
+        // iat required and not in the future; nbf not in the future.
+        let mut no_iat = claims(base.clone());
+        no_iat.remove("iat");
+        assert!(assertion_claims_ok(&no_iat, "c", &[iss], now).is_err());
+        assert!(assertion_claims_ok(&with("iat", json!(now + 61)), "c", &[iss], now).is_err());
+        assert_eq!(
+            assertion_claims_ok(&with("iat", json!(now + 30)), "c", &[iss], now),
+            Ok(())
+        );
+        assert!(assertion_claims_ok(&with("nbf", json!(now + 120)), "c", &[iss], now).is_err());
+        assert!(assertion_claims_ok(&with("nbf", json!("soon")), "c", &[iss], now).is_err());
+        assert_eq!(
+            assertion_claims_ok(&with("nbf", json!(now - 5)), "c", &[iss], now),
+            Ok(())
+        );
+        // jti.
+        assert!(assertion_claims_ok(&with("jti", json!("")), "c", &[iss], now).is_err());
+    }
 }

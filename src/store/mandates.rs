@@ -188,24 +188,20 @@ fn mandates_from(rows: Vec<MandateRow>, auths: Vec<AuthRow>) -> Vec<Mandate> {
         .collect()
 }
 
-/// Argon2 off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Other(format!("worker failed: {e}")))
+impl From<crate::crypto::gate::GateError> for StoreError {
+    fn from(e: crate::crypto::gate::GateError) -> StoreError {
+        match e {
+            crate::crypto::gate::GateError::Busy => StoreError::Unavailable(e.to_string()),
+            crate::crypto::gate::GateError::Worker(_) => StoreError::Other(e.to_string()),
+        }
+    }
 }
 
 /// A hash to verify against when the e-mail is unknown, so that an unknown
 /// account costs the same argon2 run as a wrong password.
-async fn burn_argon2(password: &str) {
+fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    let password = password.to_string();
-    let _ = blocking(move || {
-        let dummy = DUMMY
-            .get_or_init(|| hash_secret("relais-no-such-aidant").unwrap_or_else(|_| String::new()));
-        verify_secret(dummy, &password)
-    })
-    .await;
+    DUMMY.get_or_init(|| hash_secret("relais-no-such-aidant").unwrap_or_else(|_| String::new()))
 }
 
 /// Decrypt a stored TOTP secret. A secret that does not decrypt is an
@@ -244,6 +240,19 @@ const AUTH_COLUMNS: &str =
     "a.id, a.mandate_id, a.domain, a.starts_at, a.expires_at, a.revoked_at, a.revoked_by";
 
 impl Store {
+    /// The same argon2 run as a wrong password, for an unknown or locked
+    /// account (through the gate, like every run).
+    async fn burn_argon2(
+        &self,
+        password: &str,
+    ) -> std::result::Result<(), crate::crypto::gate::GateError> {
+        let password = password.to_string();
+        self.argon2
+            .run(move || verify_secret(dummy_hash(), &password))
+            .await
+            .map(|_| ())
+    }
+
     /// Begin a write transaction serialised with every other one (and with
     /// journal appends).
     async fn begin_write(&self) -> Result<Tx> {
@@ -471,8 +480,11 @@ impl Store {
             )));
         }
         let password = new.password.to_string();
-        let password_hash = blocking(move || hash_secret(&password))
-            .await?
+        let password_hash = self
+            .argon2
+            .run(move || hash_secret(&password))
+            .await
+            .map_err(StoreError::from)?
             .map_err(|e| MandateError::Store(StoreError::Other(e)))?;
         let secret = totp::generate_secret().map_err(StoreError::Other)?;
         let id = random_token(16);
@@ -703,25 +715,37 @@ impl Store {
         now: i64,
     ) -> std::result::Result<AidantLogin, LoginError> {
         let Some(email) = normalise_email(email) else {
-            burn_argon2(password).await;
+            self.burn_argon2(password).await.map_err(StoreError::from)?;
             return Err(LoginError::Refused);
         };
         let row = self.aidant_secret("email", &email).await?;
         let Some((id, password_hash, secret, last_step, locked_until, current_org)) = row else {
-            burn_argon2(password).await;
+            self.burn_argon2(password).await.map_err(StoreError::from)?;
             return Err(LoginError::Refused);
         };
         if locked_until > now {
             // The same argon2 run as any other refusal (they look alike).
-            burn_argon2(password).await;
+            self.burn_argon2(password).await.map_err(StoreError::from)?;
             tracing::info!(aidant = %id, "aidant sign-in refused: account locked");
             return Err(LoginError::Refused);
         }
         let presented = password.to_string();
-        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
+        let password_ok = self
+            .argon2
+            .run(move || verify_secret(&password_hash, &presented))
+            .await
+            .map_err(StoreError::from)?;
         let opened = open_secret(key, &id, &secret)?;
         let step = totp::verify(opened.secret(), code, now, last_step);
         let (true, Some(step)) = (password_ok, step) else {
+            if password_ok && totp::already_used(opened.secret(), code, now, last_step) {
+                // The right password and a genuine code whose step was just
+                // consumed: a parallel sign-in with the same code won (a
+                // double submission), or a replay. Refused, but not counted
+                // towards the account lock.
+                tracing::info!(aidant = %id, "aidant sign-in refused: code already used");
+                return Err(LoginError::Refused);
+            }
             return self.refuse(&id, now).await;
         };
         let mut tx = self
@@ -764,6 +788,10 @@ impl Store {
         }
         let opened = open_secret(key, aidant_id, &secret)?;
         let Some(step) = totp::verify(opened.secret(), code, now, last_step) else {
+            if totp::already_used(opened.secret(), code, now, last_step) {
+                tracing::info!(aidant = %aidant_id, "TOTP confirmation refused: code already used");
+                return Err(LoginError::Refused);
+            }
             return self.refuse(aidant_id, now).await;
         };
         let mut tx = self
@@ -814,8 +842,12 @@ impl Store {
             .bind(step).bind(id).bind(now).bind(stored)
             .execute(&mut **t).await.map(|r| r.rows_affected()))?;
         if n == 0 {
+            // Another request consumed this step (or a later one) first, or
+            // the account was locked or its secret replaced meanwhile: the
+            // credentials were right, so this is not a failure to count.
             drop(tx);
-            return self.refuse(id, now).await;
+            tracing::info!(aidant = %id, "aidant code refused: step consumed by a parallel request");
+            return Err(LoginError::Refused);
         }
         reseal_if_plain(&mut tx, key, id, stored, opened).await?;
         Ok(tx)
@@ -1397,16 +1429,20 @@ impl Store {
             .bind(sha256_hex(token.as_bytes())).bind(now)
             .fetch_optional(p).await)?;
         let Some((id, email, sealed, expires_at, password_hash, locked_until)) = row else {
-            burn_argon2(password).await;
+            self.burn_argon2(password).await.map_err(StoreError::from)?;
             return Err(LoginError::Refused);
         };
         if locked_until > now {
             // The same argon2 run as any other refusal (they look alike).
-            burn_argon2(password).await;
+            self.burn_argon2(password).await.map_err(StoreError::from)?;
             return Err(LoginError::Refused);
         }
         let presented = password.to_string();
-        let password_ok = blocking(move || verify_secret(&password_hash, &presented)).await?;
+        let password_ok = self
+            .argon2
+            .run(move || verify_secret(&password_hash, &presented))
+            .await
+            .map_err(StoreError::from)?;
         if !password_ok {
             return self.refuse(&id, now).await;
         }

@@ -19,6 +19,9 @@ pub enum Backend {
 pub struct Store {
     backend: Backend,
     breaker: std::sync::Arc<Breaker>,
+    /// The process's argon2 gate: the store verifies aidant passwords; the
+    /// application state holds the same gate for client secrets.
+    argon2: std::sync::Arc<crate::crypto::gate::Argon2Gate>,
 }
 
 /// Fail fast while PostgreSQL is unreachable. Without it, every request
@@ -266,6 +269,11 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
+    /// The argon2 gate every password or secret verification goes through.
+    pub fn argon2_gate(&self) -> std::sync::Arc<crate::crypto::gate::Argon2Gate> {
+        self.argon2.clone()
+    }
+
     /// Connect (creating the SQLite file if needed). `schema` selects a
     /// PostgreSQL schema (tests isolate themselves this way).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
@@ -309,6 +317,7 @@ impl Store {
             Ok(Store {
                 backend: Backend::Postgres(pool),
                 breaker: std::sync::Arc::new(Breaker::new(true)),
+                argon2: std::sync::Arc::new(crate::crypto::gate::Argon2Gate::for_this_machine()),
             })
         } else {
             let opts = SqliteConnectOptions::from_str(url)
@@ -329,6 +338,7 @@ impl Store {
             Ok(Store {
                 backend: Backend::Sqlite(pool),
                 breaker: std::sync::Arc::new(Breaker::new(false)),
+                argon2: std::sync::Arc::new(crate::crypto::gate::Argon2Gate::for_this_machine()),
             })
         }
     }
@@ -505,6 +515,17 @@ impl Store {
         }
     }
 
+    /// Make a code redeemable again after [`Store::redeem_code`] took it for
+    /// a request that was then refused for a mistake of the request (another
+    /// client, a wrong `redirect_uri` or `code_verifier`): such a request
+    /// must not use the code up for the legitimate one.
+    pub async fn restore_code(&self, code_hash: &str, fed: &str, grant_id: &str) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "UPDATE codes SET used = 0 WHERE id = $1 AND federation = $2 AND grant_id = $3 AND used = 1")
+            .bind(code_hash).bind(fed).bind(grant_id).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_token(
         &self,
@@ -558,6 +579,37 @@ impl Store {
             "INSERT INTO used_jti (federation, client_id, jti, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(fed).bind(client_id).bind(jti).bind(expires_at).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n == 1)
+    }
+
+    /// Count one attempt of `key` in its current fixed window of
+    /// `window_secs` (a new window starts when the stored one is over), in
+    /// one atomic statement. Returns the count including this attempt and
+    /// the window's start. See `crate::limits`.
+    pub async fn throttle_reserve(
+        &self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<(i64, i64)> {
+        let row: (i64, i64) = on!(self, p => sqlx::query_as(
+            "INSERT INTO throttle (key, window_start, count, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (key) DO UPDATE SET \
+               count = CASE WHEN throttle.window_start <= $4 THEN 1 ELSE throttle.count + 1 END, \
+               window_start = CASE WHEN throttle.window_start <= $4 THEN $2 ELSE throttle.window_start END, \
+               expires_at = CASE WHEN throttle.window_start <= $4 THEN $3 ELSE throttle.expires_at END \
+             RETURNING count, window_start")
+            .bind(key).bind(now).bind(now + window_secs).bind(now - window_secs)
+            .fetch_one(p).await)?;
+        Ok(row)
+    }
+
+    /// Give back one attempt counted by [`Store::throttle_reserve`] in the
+    /// window that started at `window_start` (nothing if a new window began).
+    pub async fn throttle_release(&self, key: &str, window_start: i64) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "UPDATE throttle SET count = count - 1 WHERE key = $1 AND window_start = $2 AND count > 0")
+            .bind(key).bind(window_start).execute(p).await.map(|_| ()))?;
+        Ok(())
     }
 
     pub async fn record_consent(
@@ -659,6 +711,7 @@ impl Store {
             "codes",
             "tokens",
             "used_jti",
+            "throttle",
         ] {
             // Codes are kept a day past expiry so a late replay still revokes the grant.
             let cutoff = if table == "codes" { now - 86_400 } else { now };

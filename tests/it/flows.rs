@@ -613,7 +613,36 @@ scopes = ["openid", "profile"]
             (401, Some("invalid_client")),
             "{alg}"
         );
-        let good = assertion(&token_url, "j-1");
+        // The token endpoint URL as audience is refused by default (only
+        // the issuer, as one string: the 2025 audience-injection advice), and
+        // so is an array holding the issuer.
+        let (status, _) = redeem(
+            code.clone(),
+            auth.verifier.clone(),
+            assertion(&token_url, "j-0b"),
+        )
+        .await;
+        assert_eq!(status, 401, "{alg}: token endpoint audience refused");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let array = key
+            .sign_jwt("JWT", &serde_json::json!({"iss": "jwt-svc", "sub": "jwt-svc", "aud": [env.broker(), "https://x.test"], "jti": "j-0c", "iat": now, "exp": now + 60}))
+            .unwrap();
+        let (status, _) = redeem(code.clone(), auth.verifier.clone(), array).await;
+        assert_eq!(status, 401, "{alg}: array audience refused");
+        let future = key
+            .sign_jwt("JWT", &serde_json::json!({"iss": "jwt-svc", "sub": "jwt-svc", "aud": env.broker(), "jti": "j-0d", "iat": now + 3600, "exp": now + 120}))
+            .unwrap();
+        let (status, _) = redeem(code.clone(), auth.verifier.clone(), future).await;
+        assert_eq!(status, 401, "{alg}: iat in the future refused");
+        let long = key
+            .sign_jwt("JWT", &serde_json::json!({"iss": "jwt-svc", "sub": "jwt-svc", "aud": env.broker(), "jti": "j-0e", "iat": now, "exp": now + 3600}))
+            .unwrap();
+        let (status, _) = redeem(code.clone(), auth.verifier.clone(), long).await;
+        assert_eq!(status, 401, "{alg}: exp more than 10 minutes ahead refused");
+        let good = assertion(env.broker(), "j-1");
         let (status, body) = redeem(code, auth.verifier.clone(), good.clone()).await;
         assert_eq!(status, 200, "{alg}: {body}");
         assert!(body["id_token"].is_string());
@@ -750,6 +779,8 @@ client_id = "jwks-uri-svc"
 name = "JWKS URI service"
 token_endpoint_auth_method = "private_key_jwt"
 jwks_uri = "{jwks_uri}"
+# An older library: the token endpoint URL as audience, allowed by the switch.
+assertion_audience_token_endpoint = true
 redirect_uris = ["http://jwks-uri.test/cb"]
 scopes = ["openid"]
 

@@ -15,5 +15,6 @@ mod mandates;
 mod multinode;
 mod negative;
 mod outage;
+mod security;
 mod serve;
 mod storage;

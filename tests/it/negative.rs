@@ -324,7 +324,8 @@ async fn wrong_secrets_are_rate_limited() {
             limited = true;
         }
     }
-    assert_eq!(last, 401);
+    // Throttled: 429 with Retry-After (the error stays invalid_client).
+    assert_eq!(last, 429);
     assert!(
         limited,
         "after 20 failures a minute the client is throttled"
