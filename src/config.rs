@@ -29,6 +29,12 @@ pub struct AidantsConfig {
     /// `relais serve` (only when the journal grew); 0 turns it off.
     #[serde(default = "default_journal_head_interval")]
     pub journal_head_interval_secs: u64,
+    /// External append-only file each head signed by `relais serve` (and
+    /// `relais journal sign-head`) is appended to, one JWS per line, for
+    /// `relais journal verify --heads`. Meant to be shipped to, or to live
+    /// on, another system. None: heads are only stored in the database.
+    #[serde(default)]
+    pub journal_heads_file: Option<PathBuf>,
     /// Seconds between two retention purges run by `relais serve` (with
     /// `retention_days`); 0 turns them off (then run `relais aidants purge`
     /// from cron).
@@ -45,6 +51,7 @@ impl Default for AidantsConfig {
         AidantsConfig {
             retention_days: default_retention_days(),
             journal_head_interval_secs: default_journal_head_interval(),
+            journal_heads_file: None,
             purge_usagers_interval_secs: default_purge_usagers_interval(),
             domains: default_domains(),
         }
@@ -511,6 +518,12 @@ impl Config {
                 "aidants.journal_head_interval_secs must be at most {MAX_JOURNAL_HEAD_INTERVAL_SECS} (31 days)"
             ));
         }
+        if a.journal_heads_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            errs.push("aidants.journal_heads_file: empty path".into());
+        }
         if a.domains.is_empty() {
             errs.push("aidants.domains: at least one domain".into());
         }
@@ -534,6 +547,11 @@ impl Config {
             {
                 errs.push(format!(
                     "federation id {id:?}: letters, digits, - and _ only"
+                ));
+            }
+            if id == crate::mandates::journal_key::JOURNAL_KEY_DIR {
+                errs.push(format!(
+                    "federation id {id:?} is reserved (its key folder would be the journal key's)"
                 ));
             }
             match url::Url::parse(&f.issuer) {
