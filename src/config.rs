@@ -927,6 +927,26 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field"), "{e}");
+        // The external heads file.
+        assert_eq!(c.aidants.journal_heads_file, None);
+        let text =
+            format!("{MIN}[aidants]\njournal_heads_file = \"/var/log/relais/heads.jsonl\"\n");
+        let c = Config::from_toml_with_env(&text, vec![]).unwrap();
+        assert_eq!(
+            c.aidants.journal_heads_file.as_deref(),
+            Some(std::path::Path::new("/var/log/relais/heads.jsonl"))
+        );
+        let text = format!("{MIN}[aidants]\njournal_heads_file = \"\"\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("journal_heads_file"), "{e}");
+        // A federation named like the journal key folder.
+        let text = MIN.replace("federations.citizen", "federations.journal");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]

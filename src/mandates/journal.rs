@@ -883,6 +883,55 @@ mod tests {
     }
 
     #[test]
+    fn heads_file_lines_must_be_heads_signed_by_a_journal_key() {
+        let dir =
+            std::env::temp_dir().join(format!("relais-heads-{}", crate::crypto::random_token(6)));
+        let key = JournalKey::load_or_create(&dir, &[]).unwrap();
+        let mut keys = PublicKeys::new();
+        keys.insert(key.signer.public_jwk.clone());
+        let head = |seq: i64, hash: &str| {
+            key.signer
+                .sign_jwt(HEAD_TYP, &json!({"seq": seq, "hash": hash, "iat": 100}))
+                .unwrap()
+        };
+        let h = "ab".repeat(32);
+        let text = format!("{}\n\n{}\n", head(4, &h), head(2, &h));
+        let heads = parse_heads(&text, &keys).unwrap();
+        // Blank lines skipped, sorted by seq, lines numbered from 1.
+        assert_eq!(
+            heads.iter().map(|x| (x.seq, x.line)).collect::<Vec<_>>(),
+            [(2, 3), (4, 1)]
+        );
+        let bad = |text: String, why: &str| match parse_heads(&text, &keys) {
+            Err(JournalError::HeadsFile { line, reason }) => {
+                assert_eq!(line, 2, "{reason}");
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{why}: {other:?}"),
+        };
+        let first = head(1, &h);
+        bad(format!("{first}\nnot a jws\n"), "malformed");
+        bad(format!("{first}\n{}\n", head(0, &h)), "seq, hash and iat");
+        bad(format!("{first}\n{}\n", head(3, "zz")), "seq, hash and iat");
+        let other_typ = key
+            .signer
+            .sign_jwt("JWT", &json!({"seq": 1, "hash": h, "iat": 1}))
+            .unwrap();
+        bad(format!("{first}\n{other_typ}\n"), "not a journal head");
+        let stranger = JournalKey::load_or_create(&dir.join("x"), &[]).unwrap();
+        let forged = stranger
+            .signer
+            .sign_jwt(HEAD_TYP, &json!({"seq": 1, "hash": h, "iat": 1}))
+            .unwrap();
+        bad(format!("{first}\n{forged}\n"), "unknown key");
+        // A valid signature over other content: a bad signature.
+        let (_, payload_sig) = forged.split_once('.').unwrap();
+        let (h0, _) = first.split_once('.').unwrap();
+        bad(format!("{first}\n{h0}.{payload_sig}\n"), "signature");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn export_json_keeps_the_exact_data_text() {
         let e = event("one").prepare(Some(&salt()), 100).seal(None);
         let line = e.to_json().to_string();
