@@ -29,6 +29,12 @@ pub struct AidantsConfig {
     /// `relais serve` (only when the journal grew); 0 turns it off.
     #[serde(default = "default_journal_head_interval")]
     pub journal_head_interval_secs: u64,
+    /// External append-only file each head signed by `relais serve` (and
+    /// `relais journal sign-head`) is appended to, one JWS per line, for
+    /// `relais journal verify --heads`. Meant to be shipped to, or to live
+    /// on, another system. None: heads are only stored in the database.
+    #[serde(default)]
+    pub journal_heads_file: Option<PathBuf>,
     /// Seconds between two retention purges run by `relais serve` (with
     /// `retention_days`); 0 turns them off (then run `relais aidants purge`
     /// from cron).
@@ -45,6 +51,7 @@ impl Default for AidantsConfig {
         AidantsConfig {
             retention_days: default_retention_days(),
             journal_head_interval_secs: default_journal_head_interval(),
+            journal_heads_file: None,
             purge_usagers_interval_secs: default_purge_usagers_interval(),
             domains: default_domains(),
         }
@@ -516,6 +523,12 @@ impl Config {
                 "aidants.journal_head_interval_secs must be at most {MAX_JOURNAL_HEAD_INTERVAL_SECS} (31 days)"
             ));
         }
+        if a.journal_heads_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            errs.push("aidants.journal_heads_file: empty path".into());
+        }
         if a.domains.is_empty() {
             errs.push("aidants.domains: at least one domain".into());
         }
@@ -539,6 +552,11 @@ impl Config {
             {
                 errs.push(format!(
                     "federation id {id:?}: letters, digits, - and _ only"
+                ));
+            }
+            if id == crate::mandates::journal_key::JOURNAL_KEY_DIR {
+                errs.push(format!(
+                    "federation id {id:?} is reserved (its key folder would be the journal key's)"
                 ));
             }
             match url::Url::parse(&f.issuer) {
@@ -914,6 +932,26 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field"), "{e}");
+        // The external heads file.
+        assert_eq!(c.aidants.journal_heads_file, None);
+        let text =
+            format!("{MIN}[aidants]\njournal_heads_file = \"/var/log/relais/heads.jsonl\"\n");
+        let c = Config::from_toml_with_env(&text, vec![]).unwrap();
+        assert_eq!(
+            c.aidants.journal_heads_file.as_deref(),
+            Some(std::path::Path::new("/var/log/relais/heads.jsonl"))
+        );
+        let text = format!("{MIN}[aidants]\njournal_heads_file = \"\"\n");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("journal_heads_file"), "{e}");
+        // A federation named like the journal key folder.
+        let text = MIN.replace("federations.citizen", "federations.journal");
+        let e = Config::from_toml_with_env(&text, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]

@@ -179,22 +179,37 @@ enum AidantsCmd {
 
 #[derive(Subcommand)]
 enum JournalCmd {
-    /// Check the whole hash chain and the signed heads; exits non-zero at the first broken entry.
+    /// Check the hash chain, the signed heads and their signatures (journal key); exits non-zero at the first problem.
     Verify {
         #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
         config: PathBuf,
+        /// External heads file (one signed head per line, as written by `sign-head --out` and `[aidants] journal_heads_file`): the chain must match every head in it.
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// Fail when more than N entries come after the last signed head (of the heads file when given).
+        #[arg(long)]
+        max_unsigned: Option<u64>,
     },
     /// Print the journal as JSON lines (entries, then signed heads).
     Export {
         #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
         config: PathBuf,
     },
-    /// Sign the current chain head with the federation's active ES256 key.
+    /// Sign the current chain head with the journal key ({keys_dir}/journal, created on first use).
     SignHead {
         #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
         config: PathBuf,
-        #[arg(long, default_value = "citizen")]
-        federation: String,
+        /// Also append the signed head to this file (default: [aidants] journal_heads_file, if set).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Ignored (heads were once signed with a federation key; they now use the journal key).
+        #[arg(long, hide = true)]
+        federation: Option<String>,
+    },
+    /// Replace the journal key; the old public key stays trusted for verification.
+    RotateKey {
+        #[arg(long, env = "RELAIS_CONFIG", default_value = "relais.toml")]
+        config: PathBuf,
     },
 }
 
@@ -483,15 +498,35 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Journal { cmd } => {
             use relais::mandates::cli;
             match cmd {
-                JournalCmd::Verify { config } => {
-                    println!("{}", cli::journal_verify(&load(&config)?).await?);
-                }
-                JournalCmd::Export { config } => cli::journal_export(&load(&config)?).await?,
-                JournalCmd::SignHead { config, federation } => {
+                JournalCmd::Verify {
+                    config,
+                    heads,
+                    max_unsigned,
+                } => {
                     println!(
                         "{}",
-                        cli::journal_sign_head(&load(&config)?, &federation).await?
+                        cli::journal_verify(&load(&config)?, heads.as_deref(), max_unsigned)
+                            .await?
                     );
+                }
+                JournalCmd::Export { config } => cli::journal_export(&load(&config)?).await?,
+                JournalCmd::SignHead {
+                    config,
+                    out,
+                    federation,
+                } => {
+                    if federation.is_some() {
+                        eprintln!(
+                            "relais: warning: --federation is ignored: heads are signed with the journal key"
+                        );
+                    }
+                    println!(
+                        "{}",
+                        cli::journal_sign_head(&load(&config)?, out.as_deref()).await?
+                    );
+                }
+                JournalCmd::RotateKey { config } => {
+                    println!("{}", cli::journal_rotate_key(&load(&config)?)?);
                 }
             }
             Ok(())

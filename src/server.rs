@@ -46,9 +46,16 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let state = Arc::new(state::build(config, store).await?);
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     spawn_maintenance(state.clone(), config.server.purge_interval_secs);
+    if config.aidants.journal_head_interval_secs > 0 {
+        // Created (or loaded) now, so that a problem stops the start.
+        let key = crate::mandates::cli::journal_key(config)?;
+        tracing::info!(kid = %key.signer.kid, "journal signing key loaded");
+    }
     crate::mandates::journal::spawn_head_signing(
         state.clone(),
         config.aidants.journal_head_interval_secs,
+        config.server.keys_dir.clone(),
+        config.aidants.journal_heads_file.clone(),
     );
     crate::mandates::journal::spawn_retention_purge(
         state.clone(),

@@ -3,12 +3,12 @@
 //! print, or an error message (the command then exits non-zero).
 
 use super::journal;
+use super::journal_key::{self, JournalKey};
 use super::{Actor, NewAidant, Role, Salt, TotpKey, SALT_FILE};
 use crate::config::Config;
-use crate::crypto::{Alg, KeySet};
 use crate::server::open_store;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 /// Unix seconds now.
 pub fn now() -> i64 {
@@ -346,40 +346,92 @@ pub async fn mandates(config: &Config, org_siret: &str) -> Result<String, String
     Ok(out.trim_end().to_string())
 }
 
-/// Key sets of every federation (to check head signatures).
-fn all_keys(config: &Config) -> (Vec<Arc<KeySet>>, Vec<String>) {
-    let mut sets = Vec::new();
-    let mut warnings = Vec::new();
-    for id in config.federations.keys() {
-        match KeySet::load(&config.server.keys_dir.join(id)) {
-            Ok(set) => sets.push(Arc::new(set)),
-            Err(e) => warnings.push(format!("warning: keys of federation {id}: {e}")),
-        }
-    }
-    (sets, warnings)
+/// The federations' key folders: their public keys are trusted for heads
+/// signed before the journal key existed (see `journal_key`).
+pub fn legacy_key_dirs(config: &Config) -> Vec<PathBuf> {
+    config
+        .federations
+        .keys()
+        .map(|id| config.server.keys_dir.join(id))
+        .collect()
 }
 
-pub async fn journal_verify(config: &Config) -> Result<String, String> {
+/// The journal signing key, created on first use.
+pub fn journal_key(config: &Config) -> Result<JournalKey, String> {
+    JournalKey::load_or_create(&config.server.keys_dir, &legacy_key_dirs(config))
+}
+
+/// `relais journal verify [--heads FILE] [--max-unsigned N]`.
+pub async fn journal_verify(
+    config: &Config,
+    heads_file: Option<&Path>,
+    max_unsigned: Option<u64>,
+) -> Result<String, String> {
+    let keys = journal_key::trusted_keys(&config.server.keys_dir, &legacy_key_dirs(config))?;
+    let external = match heads_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("heads file {}: {e}", path.display()))?;
+            Some(journal::parse_heads(&text, &keys).map_err(|e| match e {
+                journal::JournalError::HeadsFile { line, reason } => format!(
+                    "journal NOT verified: heads file {}, line {line}: {reason}",
+                    path.display()
+                ),
+                other => other.to_string(),
+            })?)
+        }
+        None => None,
+    };
     let store = open_store(config).await?;
-    let (keys, mut lines) = all_keys(config);
-    let r = journal::verify_with_keys(&store, &keys)
-        .await
-        .map_err(|e| match e {
-            journal::JournalError::Broken { seq, reason } => {
-                format!("journal BROKEN at entry {seq}: {reason}")
-            }
-            other => other.to_string(),
-        })?;
-    if r.unknown_keys > 0 {
-        lines.push(format!(
-            "warning: {} signed head(s) made with keys no longer in the key folder: signatures not checked",
-            r.unknown_keys
-        ));
+    let r = match &external {
+        Some(x) => journal::verify_against(&store, &keys, x).await,
+        None => journal::verify_with_keys(&store, &keys).await,
     }
-    lines.push(format!(
+    .map_err(|e| match e {
+        journal::JournalError::Broken { seq, reason } => {
+            format!("journal BROKEN at entry {seq}: {reason}")
+        }
+        journal::JournalError::Rewritten { seq, reason } => {
+            format!("journal REWRITTEN at or before entry {seq}: {reason}")
+        }
+        other => other.to_string(),
+    })?;
+    let mut lines = vec![format!(
         "journal verified: {} entries, {} signed head(s), {} signature(s) checked",
         r.entries, r.heads, r.signatures_verified
-    ));
+    )];
+    let tail = r.unsigned_tail();
+    lines.push(if r.last_signed > 0 {
+        format!(
+            "unsigned tail: {tail} entr{} after the last signed head (entry {})",
+            if tail == 1 { "y" } else { "ies" },
+            r.last_signed
+        )
+    } else {
+        format!("unsigned tail: {tail} entries (no signed head)")
+    });
+    if let (Some(n), Some(path)) = (r.external_heads, heads_file) {
+        lines.push(format!(
+            "heads file {}: {n} head(s) match the journal, up to entry {} ({} entr{} after it)",
+            path.display(),
+            r.last_external,
+            r.external_tail(),
+            if r.external_tail() == 1 { "y" } else { "ies" }
+        ));
+    }
+    if let Some(max) = max_unsigned {
+        let tail = match heads_file {
+            Some(_) => r.external_tail(),
+            None => tail,
+        };
+        if tail > max {
+            return Err(format!(
+                "{}\njournal NOT verified: {tail} entries are not covered by a signed head{} (at most {max} allowed)",
+                lines.join("\n"),
+                if heads_file.is_some() { " of the heads file" } else { "" }
+            ));
+        }
+    }
     Ok(lines.join("\n"))
 }
 
@@ -394,25 +446,35 @@ pub async fn journal_export(config: &Config) -> Result<(), String> {
     std::io::Write::flush(&mut out).map_err(|e| e.to_string())
 }
 
-pub async fn journal_sign_head(config: &Config, federation: &str) -> Result<String, String> {
-    if !config.federations.contains_key(federation) {
-        return Err(format!("no federation {federation:?} in the configuration"));
-    }
-    let dir = config.server.keys_dir.join(federation);
-    let set = KeySet::load(&dir).map_err(|e| e.to_string())?;
-    let key = set.signer(Alg::ES256).ok_or_else(|| {
-        format!(
-            "no active ES256 key in {} (relais keys generate --federation {federation} --alg ES256)",
-            dir.display()
-        )
-    })?;
+/// `relais journal sign-head [--out FILE]`: sign the current head with the
+/// journal key, store it, and append it to `out`, else to `[aidants]
+/// journal_heads_file` when set.
+pub async fn journal_sign_head(config: &Config, out: Option<&Path>) -> Result<String, String> {
+    let key = journal_key(config)?;
     let store = open_store(config).await?;
-    let head = journal::sign_head(&store, key, now())
+    let head = journal::sign_head(&store, &key.signer, now())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!(
+    let mut text = format!(
         "signed journal head: entry {} hash {} (key {})",
         head.seq, head.hash, head.kid
+    );
+    if let Some(path) = out.or(config.aidants.journal_heads_file.as_deref()) {
+        journal::append_head_line(path, &head)
+            .map_err(|e| format!("{text}\nbut it was not appended to the heads file: {e}"))?;
+        let _ = write!(text, "\nappended to {}", path.display());
+    }
+    Ok(text)
+}
+
+/// `relais journal rotate-key`: a new journal key; the old public key stays
+/// trusted.
+pub fn journal_rotate_key(config: &Config) -> Result<String, String> {
+    journal_key(config)?;
+    let (old, new) = JournalKey::rotate(&config.server.keys_dir)?;
+    Ok(format!(
+        "journal key rotated: heads are now signed by {new}; {old} stays in {} to verify older heads",
+        journal_key::dir(&config.server.keys_dir).join("public").display()
     ))
 }
 

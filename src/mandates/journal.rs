@@ -11,22 +11,27 @@
 //! with `prev_hash` of the first entry 64 zeros and `seq` counting from 1
 //! without gaps. Editing, inserting or removing a row therefore breaks the
 //! chain at that row; removing the *last* rows is caught by signed heads
-//! (a compact JWS over `{seq, hash}` made with a Relais key, stored in
-//! `journal_heads`). There is no code path that updates or deletes entries,
-//! and database triggers reject UPDATE and DELETE.
+//! (a compact JWS over `{seq, hash, iat}` made with the journal key, see
+//! [`super::journal_key`], stored in `journal_heads` and appended to an
+//! external heads file). There is no code path that updates or deletes
+//! entries, and database triggers reject UPDATE and DELETE. Someone who
+//! drops the triggers, rewrites rows and recomputes every hash (and drops
+//! the heads in the database) is caught by the external heads file, which
+//! is meant to live on another system.
 //!
 //! Personal fields never enter the journal: the caller passes them apart,
 //! and only their HMAC-SHA-256 under the deployment's [`Salt`] is stored,
 //! under `data.personal`. Purging personal data from the other tables after
 //! the retention period therefore leaves the chain verifiable.
 
+use super::journal_key::{JournalKey, PublicKeys};
 use super::Salt;
-use crate::config::Profile;
-use crate::crypto::{Alg, KeySet, SigningKey, Unverified};
+use crate::crypto::{JwsError, SigningKey, Unverified};
 use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use serde_json::{json, Map, Value};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// `prev_hash` of the first entry.
@@ -279,9 +284,21 @@ impl Head {
 /// Journal failures.
 #[derive(Debug)]
 pub enum JournalError {
-    /// The chain is broken at entry `seq` (the first broken one).
+    /// The chain is broken at entry `seq` (the first broken one), or a head
+    /// in the database does not match it or is not validly signed.
     Broken {
         seq: i64,
+        reason: String,
+    },
+    /// The chain is consistent but differs from a head of the external
+    /// heads file: it was rewritten at or before entry `seq`.
+    Rewritten {
+        seq: i64,
+        reason: String,
+    },
+    /// A line of the external heads file is not a valid signed head.
+    HeadsFile {
+        line: usize,
         reason: String,
     },
     Store(StoreError),
@@ -296,6 +313,12 @@ impl fmt::Display for JournalError {
         match self {
             JournalError::Broken { seq, reason } => {
                 write!(f, "journal broken at entry {seq}: {reason}")
+            }
+            JournalError::Rewritten { seq, reason } => {
+                write!(f, "journal rewritten at or before entry {seq}: {reason}")
+            }
+            JournalError::HeadsFile { line, reason } => {
+                write!(f, "heads file, line {line}: {reason}")
             }
             JournalError::Store(e) => e.fmt(f),
             JournalError::Empty => f.write_str("the journal is empty"),
@@ -317,12 +340,89 @@ impl From<StoreError> for JournalError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub entries: u64,
-    /// Signed heads matching the chain.
+    /// Signed heads in the database matching the chain.
     pub heads: u64,
-    /// Of those, heads whose signature was checked with a known key.
+    /// Of those, heads whose signature was checked (all of them when keys
+    /// were given).
     pub signatures_verified: u64,
-    /// Of those, heads signed by a key no longer available (not checked).
-    pub unknown_keys: u64,
+    /// The last entry a database head covers (0: none).
+    pub last_signed: i64,
+    /// Heads of the external heads file checked (None: no file given).
+    pub external_heads: Option<u64>,
+    /// The last entry an external head covers (0: none).
+    pub last_external: i64,
+}
+
+impl Report {
+    /// Entries after the last signed head in the database: their removal
+    /// would go unnoticed by the database alone.
+    pub fn unsigned_tail(&self) -> u64 {
+        self.entries
+            .saturating_sub(u64::try_from(self.last_signed).unwrap_or(0))
+    }
+
+    /// Entries after the last head of the external file.
+    pub fn external_tail(&self) -> u64 {
+        self.entries
+            .saturating_sub(u64::try_from(self.last_external).unwrap_or(0))
+    }
+}
+
+/// A head read from the external heads file (its signature checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalHead {
+    /// Line number in the file (from 1).
+    pub line: usize,
+    pub seq: i64,
+    pub hash: String,
+    /// When it was signed.
+    pub iat: i64,
+}
+
+/// Read an external heads file: one compact JWS per line (blank lines are
+/// skipped). Every line must be a head signed by one of `keys`: a line
+/// signed by an unknown key, badly signed or malformed is an error naming
+/// the line. Sorted by `seq`.
+pub fn parse_heads(text: &str, keys: &PublicKeys) -> Result<Vec<ExternalHead>, JournalError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let jws = line.trim();
+        if jws.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| JournalError::HeadsFile {
+            line: i + 1,
+            reason,
+        };
+        let parsed = Unverified::parse(jws).map_err(|e| bad(e.to_string()))?;
+        let u = keys.verify(jws).map_err(|e| {
+            bad(match e {
+                JwsError::UnknownKey => format!(
+                    "signed by an unknown key {:?} (not in the journal key folder's public/)",
+                    parsed.kid().unwrap_or("")
+                ),
+                other => other.to_string(),
+            })
+        })?;
+        if u.header.get("typ").and_then(Value::as_str) != Some(HEAD_TYP) {
+            return Err(bad(format!("not a journal head (typ is not {HEAD_TYP})")));
+        }
+        let seq = u.claims.get("seq").and_then(Value::as_i64).unwrap_or(0);
+        let hash = u.claims.get("hash").and_then(Value::as_str).unwrap_or("");
+        let iat = u.claims.get("iat").and_then(Value::as_i64);
+        let hex64 = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        let Some(iat) = iat.filter(|_| seq >= 1 && hex64) else {
+            return Err(bad("a signed head needs seq, hash and iat".into()));
+        };
+        out.push(ExternalHead {
+            line: i + 1,
+            seq,
+            hash: hash.to_string(),
+            iat,
+        });
+    }
+    out.sort_by_key(|h| (h.seq, h.line));
+    Ok(out)
 }
 
 /// Append one entry (in its own transaction; concurrent appends are
@@ -340,17 +440,43 @@ pub async fn append(
 /// Verify the whole chain and that every signed head matches it, without
 /// checking head signatures. Returns the number of entries.
 pub async fn verify(store: &Store) -> Result<u64, JournalError> {
-    verify_with_keys(store, &[]).await.map(|r| r.entries)
+    verify_full(store, None, &[]).await.map(|r| r.entries)
 }
 
 /// Verify the whole chain, every signed head, and the heads' signatures
-/// with `keys` (heads signed by a key absent from `keys` are counted in
-/// `unknown_keys`; a wrong signature by a known key breaks verification).
-pub async fn verify_with_keys(store: &Store, keys: &[Arc<KeySet>]) -> Result<Report, JournalError> {
+/// with the journal's public `keys`: a head signed by any other key, or
+/// badly signed, breaks verification.
+pub async fn verify_with_keys(store: &Store, keys: &PublicKeys) -> Result<Report, JournalError> {
+    verify_full(store, Some(keys), &[]).await
+}
+
+/// [`verify_with_keys`], and also check the chain against the heads of an
+/// external heads file (see [`parse_heads`]): a chain rewritten with
+/// recomputed hashes (and heads in the database removed or re-signed)
+/// differs from them, and the error names the first differing head and
+/// the last entry the file confirms.
+pub async fn verify_against(
+    store: &Store,
+    keys: &PublicKeys,
+    external: &[ExternalHead],
+) -> Result<Report, JournalError> {
+    let mut r = verify_full(store, Some(keys), external).await?;
+    r.external_heads = Some(u64::try_from(external.len()).unwrap_or(u64::MAX));
+    Ok(r)
+}
+
+async fn verify_full(
+    store: &Store,
+    keys: Option<&PublicKeys>,
+    external: &[ExternalHead],
+) -> Result<Report, JournalError> {
     let mut heads = store.journal_heads().await?;
     heads.sort_by_key(|h| h.seq);
+    let mut external: Vec<&ExternalHead> = external.iter().collect();
+    external.sort_by_key(|h| (h.seq, h.line));
     let mut report = Report::default();
     let mut heads_iter = heads.iter().peekable();
+    let mut external_iter = external.into_iter().peekable();
     let mut prev_hash = GENESIS.to_string();
     let mut expected = 1i64;
     loop {
@@ -368,29 +494,73 @@ pub async fn verify_with_keys(store: &Store, keys: &[Arc<KeySet>]) -> Result<Rep
             while let Some(head) = heads_iter.next_if(|h| h.seq <= entry.seq) {
                 check_head(head, entry, keys, &mut report)?;
             }
+            while let Some(x) = external_iter.next_if(|h| h.seq <= entry.seq) {
+                if x.seq != entry.seq || x.hash != entry.hash {
+                    return Err(rewritten(x, entry, report.last_external));
+                }
+                report.last_external = entry.seq;
+            }
             prev_hash.clone_from(&entry.hash);
             expected += 1;
             report.entries += 1;
         }
     }
+    let end = expected - 1;
     if let Some(head) = heads_iter.next() {
         return Err(JournalError::Broken {
             seq: head.seq,
             reason: format!(
-                "a head signed at {} covers entry {} but the journal ends at {}: entries were removed",
-                head.at,
-                head.seq,
-                expected - 1
+                "a head signed at {} covers entry {} but the journal ends at {end}: entries were removed",
+                head.at, head.seq
+            ),
+        });
+    }
+    if let Some(x) = external_iter.next() {
+        return Err(JournalError::Rewritten {
+            seq: x.seq,
+            reason: format!(
+                "the head at line {} of the heads file (signed {}) covers entry {} but the journal ends at {end}: entries were removed",
+                x.line,
+                super::cli::utc(x.iat),
+                x.seq
             ),
         });
     }
     Ok(report)
 }
 
+/// The error for an external head the chain does not match.
+fn rewritten(x: &ExternalHead, entry: &Entry, confirmed: i64) -> JournalError {
+    let short = |h: &str| h.chars().take(16).collect::<String>();
+    let range = if confirmed > 0 {
+        format!(
+            "entries 1 to {confirmed} match the heads file, so the rewrite is within entries {} to {}",
+            confirmed + 1,
+            x.seq
+        )
+    } else {
+        format!(
+            "no earlier head in the file, so the rewrite is within entries 1 to {}",
+            x.seq
+        )
+    };
+    JournalError::Rewritten {
+        seq: x.seq,
+        reason: format!(
+            "entry {} has hash {}…, the head at line {} of the heads file (signed {}) says {}…; {range}",
+            entry.seq,
+            short(&entry.hash),
+            x.line,
+            super::cli::utc(x.iat),
+            short(&x.hash)
+        ),
+    }
+}
+
 fn check_head(
     head: &Head,
     entry: &Entry,
-    keys: &[Arc<KeySet>],
+    keys: Option<&PublicKeys>,
     report: &mut Report,
 ) -> Result<(), JournalError> {
     let broken = |reason: String| JournalError::Broken {
@@ -410,28 +580,25 @@ fn check_head(
         )));
     }
     head.check_consistent().map_err(broken)?;
-    let mut known = false;
-    for set in keys {
-        match set.verify(&head.signature) {
-            Ok(_) => {
-                report.signatures_verified += 1;
-                report.heads += 1;
-                return Ok(());
+    if let Some(keys) = keys {
+        match keys.verify(&head.signature) {
+            Ok(_) => report.signatures_verified += 1,
+            Err(JwsError::UnknownKey) => {
+                return Err(broken(format!(
+                    "the head signed at {} is signed by an unknown key {:?}, not a journal key of this deployment",
+                    head.at, head.kid
+                )))
             }
-            Err(crate::crypto::JwsError::UnknownKey) => {}
-            Err(_) => known = true,
+            Err(e) => {
+                return Err(broken(format!(
+                    "the signature of the head signed at {} is invalid ({e})",
+                    head.at
+                )))
+            }
         }
     }
-    if known {
-        return Err(broken(format!(
-            "the signature of the head signed at {} is invalid",
-            head.at
-        )));
-    }
-    if !keys.is_empty() {
-        report.unknown_keys += 1;
-    }
     report.heads += 1;
+    report.last_signed = head.seq;
     Ok(())
 }
 
@@ -477,6 +644,21 @@ pub async fn sign_head(store: &Store, key: &SigningKey, now: i64) -> Result<Head
     Ok(head)
 }
 
+/// Append a signed head (its compact JWS, one line) to the external heads
+/// file at `path`, created if missing, and flush it to disk.
+pub fn append_head_line(path: &std::path::Path, head: &Head) -> Result<(), JournalError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(format!("{}\n", head.signature).as_bytes())
+        .map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
 /// Sign the head when it is due: the chain grew since the latest signed
 /// head (or none was signed yet) and that head is at least `min_interval`
 /// seconds old. Returns the new head, or None when nothing was due. Several
@@ -498,23 +680,6 @@ pub async fn sign_head_if_due(
         }
     }
     sign_head(store, key, now).await.map(Some)
-}
-
-/// The key that signs heads periodically: the active ES256 key of the
-/// federation `citizen`, else of the first citizen-profile federation.
-pub fn head_signing_key(state: &AppState) -> Option<(String, Arc<SigningKey>)> {
-    let citizen = state
-        .federations
-        .iter()
-        .filter(|f| f.cfg.profile == Profile::Citizen);
-    let mut feds: Vec<_> = citizen.collect();
-    feds.sort_by_key(|f| f.id != "citizen");
-    feds.into_iter().find_map(|f| {
-        f.keys
-            .get()
-            .signer(Alg::ES256)
-            .map(|k| (f.id.clone(), k.clone()))
-    })
 }
 
 /// Run `task` every `interval_secs` seconds (the first run one interval
@@ -563,8 +728,15 @@ pub fn spawn_retention_purge(state: Arc<AppState>, interval_secs: u64, retention
 }
 
 /// Started by `relais serve` when `[aidants] journal_head_interval_secs` is
-/// not 0: every interval, sign the journal head if the chain grew.
-pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {
+/// not 0: every interval, sign the journal head with the journal key of
+/// `keys_dir` (read again each time, so `relais journal rotate-key` is
+/// picked up) if the chain grew, and append it to `heads_file` when set.
+pub fn spawn_head_signing(
+    state: Arc<AppState>,
+    interval_secs: u64,
+    keys_dir: PathBuf,
+    heads_file: Option<PathBuf>,
+) {
     let clamped = interval_secs.min(crate::config::MAX_JOURNAL_HEAD_INTERVAL_SECS);
     let min_interval = i64::try_from(clamped).unwrap_or(i64::MAX);
     // A little slack so that a node's own previous head (signed one
@@ -572,16 +744,24 @@ pub fn spawn_head_signing(state: Arc<AppState>, interval_secs: u64) {
     let min_interval = min_interval - min_interval / 10;
     spawn_every(interval_secs, move || {
         let state = state.clone();
+        let keys_dir = keys_dir.clone();
+        let heads_file = heads_file.clone();
         async move {
-            let Some((fed, key)) = head_signing_key(&state) else {
-                tracing::warn!(
-                    "journal head not signed: no citizen federation with an active ES256 key"
-                );
-                return;
+            let key = match JournalKey::load(&keys_dir) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal head not signed: no journal key");
+                    return;
+                }
             };
-            match sign_head_if_due(&state.store, &key, state.now(), min_interval).await {
+            match sign_head_if_due(&state.store, &key.signer, state.now(), min_interval).await {
                 Ok(Some(h)) => {
-                    tracing::info!(federation = %fed, seq = h.seq, kid = %h.kid, "journal head signed")
+                    tracing::info!(seq = h.seq, kid = %h.kid, "journal head signed");
+                    if let Some(path) = &heads_file {
+                        if let Err(e) = append_head_line(path, &h) {
+                            tracing::warn!(error = %e, "journal head not appended to the heads file");
+                        }
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "journal head signing failed"),
@@ -700,6 +880,55 @@ mod tests {
         t.hash = t.computed_hash();
         t.check(1, GENESIS).unwrap();
         assert!(e2.check(2, &t.hash).is_err());
+    }
+
+    #[test]
+    fn heads_file_lines_must_be_heads_signed_by_a_journal_key() {
+        let dir =
+            std::env::temp_dir().join(format!("relais-heads-{}", crate::crypto::random_token(6)));
+        let key = JournalKey::load_or_create(&dir, &[]).unwrap();
+        let mut keys = PublicKeys::new();
+        keys.insert(key.signer.public_jwk.clone());
+        let head = |seq: i64, hash: &str| {
+            key.signer
+                .sign_jwt(HEAD_TYP, &json!({"seq": seq, "hash": hash, "iat": 100}))
+                .unwrap()
+        };
+        let h = "ab".repeat(32);
+        let text = format!("{}\n\n{}\n", head(4, &h), head(2, &h));
+        let heads = parse_heads(&text, &keys).unwrap();
+        // Blank lines skipped, sorted by seq, lines numbered from 1.
+        assert_eq!(
+            heads.iter().map(|x| (x.seq, x.line)).collect::<Vec<_>>(),
+            [(2, 3), (4, 1)]
+        );
+        let bad = |text: String, why: &str| match parse_heads(&text, &keys) {
+            Err(JournalError::HeadsFile { line, reason }) => {
+                assert_eq!(line, 2, "{reason}");
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{why}: {other:?}"),
+        };
+        let first = head(1, &h);
+        bad(format!("{first}\nnot a jws\n"), "malformed");
+        bad(format!("{first}\n{}\n", head(0, &h)), "seq, hash and iat");
+        bad(format!("{first}\n{}\n", head(3, "zz")), "seq, hash and iat");
+        let other_typ = key
+            .signer
+            .sign_jwt("JWT", &json!({"seq": 1, "hash": h, "iat": 1}))
+            .unwrap();
+        bad(format!("{first}\n{other_typ}\n"), "not a journal head");
+        let stranger = JournalKey::load_or_create(&dir.join("x"), &[]).unwrap();
+        let forged = stranger
+            .signer
+            .sign_jwt(HEAD_TYP, &json!({"seq": 1, "hash": h, "iat": 1}))
+            .unwrap();
+        bad(format!("{first}\n{forged}\n"), "unknown key");
+        // A valid signature over other content: a bad signature.
+        let (_, payload_sig) = forged.split_once('.').unwrap();
+        let (h0, _) = first.split_once('.').unwrap();
+        bad(format!("{first}\n{h0}.{payload_sig}\n"), "signature");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

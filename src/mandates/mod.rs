@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod journal;
+pub mod journal_key;
 pub mod secret;
 pub mod totp;
 

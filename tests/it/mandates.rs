@@ -7,6 +7,7 @@
 use crate::common::*;
 use relais::crypto::{keys, Alg, KeySet};
 use relais::mandates::journal::{self, Event, JournalError};
+use relais::mandates::journal_key::{self, JournalKey, PublicKeys};
 use relais::mandates::{
     default_domains, totp, Actor, LoginError, MandateError, NewAidant, NewMandate, Role, Salt,
     TotpKey,
@@ -1028,6 +1029,13 @@ fn broken_at(r: Result<u64, JournalError>, seq: i64, why: &str, ctx: &str) {
     }
 }
 
+/// Trust exactly this key for heads.
+fn trusting(key: &relais::crypto::SigningKey) -> PublicKeys {
+    let mut keys = PublicKeys::new();
+    keys.insert(key.public_jwk.clone());
+    keys
+}
+
 fn q(s: &str) -> String {
     s.replace('\'', "''")
 }
@@ -1097,19 +1105,22 @@ async fn journal_tampering_is_detected() {
             .await
             .unwrap();
         assert_eq!(head.seq, 3);
-        let r = journal::verify_with_keys(&d.store, std::slice::from_ref(&set))
+        let r = journal::verify_with_keys(&d.store, &trusting(set.signer(Alg::ES256).unwrap()))
             .await
             .unwrap();
         assert_eq!(
-            (r.entries, r.heads, r.signatures_verified, r.unknown_keys),
+            (r.entries, r.heads, r.signatures_verified, r.unsigned_tail()),
             (3, 1, 1, 0)
         );
-        // Heads by a key not in the given sets are counted, not failed.
+        // A head signed by a key the journal does not trust breaks
+        // verification (it used to be counted and accepted).
         let other_dir = d.dir.join("other-keys");
         keys::generate(&other_dir, Alg::ES256, None).unwrap();
-        let other = Arc::new(KeySet::load(&other_dir).unwrap());
-        let r = journal::verify_with_keys(&d.store, &[other]).await.unwrap();
-        assert_eq!((r.signatures_verified, r.unknown_keys), (0, 1));
+        let other = KeySet::load(&other_dir).unwrap();
+        let r = journal::verify_with_keys(&d.store, &trusting(other.signer(Alg::ES256).unwrap()))
+            .await
+            .map(|r| r.entries);
+        broken_at(r, 3, "unknown key", name);
         d.drop_append_only_triggers().await;
         d.exec("DELETE FROM journal WHERE seq = 3").await.unwrap();
         broken_at(journal::verify(&d.store).await, 3, "removed", name);
@@ -1206,6 +1217,252 @@ fn relais(args: &[&str], config: &std::path::Path, stdin: Option<&str>) -> (bool
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// A demo configuration for `d` (plus `extra` TOML); returns its path and
+/// the keys folder.
+fn cli_config(d: &Db, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let urls = relais::demo::Urls {
+        broker: "http://127.0.0.1:1".into(),
+        idp1: "http://127.0.0.1:2".into(),
+        idp2: "http://127.0.0.1:3".into(),
+        service: "http://127.0.0.1:4".into(),
+        idp3: "http://127.0.0.1:5".into(),
+        idp4: "http://127.0.0.1:6".into(),
+        agent_service: "http://127.0.0.1:7".into(),
+    };
+    let keys_dir = d.dir.join("keys");
+    let cfg = d.dir.join("relais.toml");
+    let text = relais::demo::demo_config(&urls, "127.0.0.1:0", &d.url, &keys_dir);
+    std::fs::write(&cfg, format!("{text}\n{extra}")).unwrap();
+    (cfg, keys_dir)
+}
+
+async fn entry(d: &Db, i: i64) {
+    journal::append(
+        &d.store,
+        Event {
+            kind: "mandate.created",
+            actor: "aidant:a1",
+            org_id: Some("org"),
+            data: json!({"n": i, "domains": ["papiers"]}),
+            personal: vec![],
+        },
+        &salt(),
+        NOW + i,
+    )
+    .await
+    .unwrap();
+}
+
+/// The attack the external heads file is for: someone with the database
+/// drops the append-only triggers, removes or rewrites entries, recomputes
+/// every hash after them and removes (or, holding the journal key,
+/// re-signs) the heads in the database. The database alone then verifies;
+/// `verify --heads FILE` does not, and names the first differing head.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewritten_chain_is_caught_by_the_external_heads_file() {
+    for db in databases() {
+        let d = open(&db, 2).await;
+        let name = d.name();
+        let (cfg, keys_dir) = cli_config(&d, "");
+        let heads = d.dir.join("heads.jsonl");
+        let heads_arg = heads.to_str().unwrap();
+        let run = |args: &[&str]| relais(args, &cfg, None);
+        // Five entries; heads signed through the CLI after entries 2, 4 and 5.
+        for i in 1..=5 {
+            entry(&d, i).await;
+            if [2, 4, 5].contains(&i) {
+                let (ok, out, err) = run(&["journal", "sign-head", "--out", heads_arg]);
+                assert!(
+                    ok && out.contains(&format!("entry {i}")) && out.contains("appended to"),
+                    "{name}: {out}{err}"
+                );
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&heads).unwrap().lines().count(), 3);
+        let (ok, out, err) = run(&["journal", "verify", "--heads", heads_arg]);
+        assert!(
+            ok && out.contains("3 head(s) match the journal, up to entry 5 (0 entries after it)"),
+            "{name}: {out}{err}"
+        );
+
+        // The last entry and the heads removed: the database alone cannot tell.
+        d.drop_append_only_triggers().await;
+        d.exec("DELETE FROM journal_heads").await.unwrap();
+        d.exec("DELETE FROM journal WHERE seq = 5").await.unwrap();
+        let (ok, out, err) = run(&["journal", "verify"]);
+        assert!(
+            ok && out.contains("journal verified: 4 entries, 0 signed head(s)"),
+            "{name}: {out}{err}"
+        );
+        let (ok, _, err) = run(&["journal", "verify", "--heads", heads_arg]);
+        assert!(
+            !ok && err.contains("journal REWRITTEN at or before entry 5")
+                && err.contains("line 3")
+                && err.contains("ends at 4: entries were removed"),
+            "{name}: {err}"
+        );
+
+        // Entry 3 rewritten and every hash from it recomputed.
+        let mut entries = d.store.journal_page(0, 10).await.unwrap();
+        let mut prev = entries[1].hash.clone();
+        for e in &mut entries[2..] {
+            if e.seq == 3 {
+                e.data = e.data.replace("papiers", "social");
+                e.data_hash = sha(&e.data);
+            }
+            e.prev_hash = prev.clone();
+            e.hash = e.computed_hash();
+            d.exec(&format!(
+                "UPDATE journal SET data = '{}', data_hash = '{}', prev_hash = '{}', hash = '{}' WHERE seq = {}",
+                q(&e.data),
+                e.data_hash,
+                e.prev_hash,
+                e.hash,
+                e.seq
+            ))
+            .await
+            .unwrap();
+            prev = e.hash.clone();
+        }
+        // The database alone is consistent again, nothing is signed...
+        let (ok, out, err) = run(&["journal", "verify"]);
+        assert!(
+            ok && out.contains("journal verified: 4 entries, 0 signed head(s)")
+                && out.contains("unsigned tail: 4 entries (no signed head)"),
+            "{name}: {out}{err}"
+        );
+        // ...which --max-unsigned refuses,
+        let (ok, _, err) = run(&["journal", "verify", "--max-unsigned", "2"]);
+        assert!(
+            !ok && err.contains("4 entries are not covered by a signed head"),
+            "{name}: {err}"
+        );
+        // and the heads file names the first divergence: the head at entry 4
+        // (line 2) differs, the one at entry 2 (line 1) still matches.
+        let (ok, _, err) = run(&["journal", "verify", "--heads", heads_arg]);
+        assert!(
+            !ok && err.contains("journal REWRITTEN at or before entry 4")
+                && err.contains("line 2")
+                && err.contains("within entries 3 to 4"),
+            "{name}: {err}"
+        );
+
+        // An attacker who also holds the journal key re-signs the head in the
+        // database: it verifies, with its signature checked; the heads
+        // file, kept on another system, still catches the rewrite.
+        let key = JournalKey::load(&keys_dir).unwrap();
+        journal::sign_head(&d.store, &key.signer, NOW + 100)
+            .await
+            .unwrap();
+        let (ok, out, err) = run(&["journal", "verify"]);
+        assert!(
+            ok && out.contains("1 signed head(s), 1 signature(s) checked")
+                && out.contains("unsigned tail: 0 entries"),
+            "{name}: {out}{err}"
+        );
+        let (ok, _, err) = run(&["journal", "verify", "--heads", heads_arg]);
+        assert!(
+            !ok && err.contains("journal REWRITTEN at or before entry 4"),
+            "{name}: {err}"
+        );
+        d.close().await;
+    }
+}
+
+/// Heads are signed with the journal key: a head by any other key fails
+/// verification (database or heads file), rotating the ID-token keys
+/// changes nothing (even for heads an older version signed with the
+/// citizen ES256 key), and rotating the journal key keeps older heads
+/// verifiable.
+#[tokio::test(flavor = "multi_thread")]
+async fn journal_heads_are_signed_with_their_own_key() {
+    for db in databases() {
+        let d = open(&db, 2).await;
+        let name = d.name();
+        let heads = d.dir.join("heads.jsonl");
+        let (cfg, keys_dir) = cli_config(
+            &d,
+            &format!("[aidants]\njournal_heads_file = \"{}\"\n", heads.display()),
+        );
+        let run = |args: &[&str]| relais(args, &cfg, None);
+        three_entries(&d).await;
+        // A head an older version signed with the citizen ES256 key.
+        let (ok, out, err) = run(&["keys", "generate", "--alg", "ES256"]);
+        assert!(ok, "{out}{err}");
+        let citizen = KeySet::load(&keys_dir.join("citizen")).unwrap();
+        let legacy = citizen.signer(Alg::ES256).unwrap();
+        journal::sign_head(&d.store, legacy, NOW + 10)
+            .await
+            .unwrap();
+        // The journal key is created on first use, apart from the
+        // federations' keys; the configured heads file gets the head.
+        entry(&d, 4).await;
+        let (ok, out, err) = run(&["journal", "sign-head"]);
+        assert!(ok && out.contains("entry 4"), "{name}: {out}{err}");
+        let journal_kid = JournalKey::load(&keys_dir).unwrap().signer.kid.clone();
+        assert!(
+            out.contains(&journal_kid) && out.contains("appended to"),
+            "{out}"
+        );
+        assert_ne!(journal_kid, legacy.kid);
+        let (ok, out, err) = run(&["journal", "verify", "--heads", heads.to_str().unwrap()]);
+        assert!(
+            ok && out.contains("2 signed head(s), 2 signature(s) checked")
+                && out.contains("1 head(s) match the journal, up to entry 4"),
+            "{name}: {out}{err}"
+        );
+
+        // Three rotations of the ID-token keys delete the legacy key.
+        for _ in 0..3 {
+            let (ok, out, err) = run(&["keys", "rotate", "--alg", "ES256"]);
+            assert!(ok, "{out}{err}");
+        }
+        let citizen = KeySet::load(&keys_dir.join("citizen")).unwrap();
+        assert!(citizen.infos().iter().all(|i| i.kid != legacy.kid));
+        let (ok, out, err) = run(&["journal", "verify"]);
+        assert!(
+            ok && out.contains("2 signed head(s), 2 signature(s) checked"),
+            "{name}: {out}{err}"
+        );
+
+        // A journal key rotation: the old heads still verify.
+        let (ok, out, err) = run(&["journal", "rotate-key"]);
+        assert!(ok && out.contains(&journal_kid), "{out}{err}");
+        entry(&d, 5).await;
+        let (ok, out, err) = run(&["journal", "sign-head"]);
+        assert!(ok && !out.contains(&journal_kid), "{out}{err}");
+        let (ok, out, err) = run(&["journal", "verify", "--heads", heads.to_str().unwrap()]);
+        assert!(
+            ok && out.contains("3 signed head(s), 3 signature(s) checked")
+                && out.contains("2 head(s) match the journal, up to entry 5"),
+            "{name}: {out}{err}"
+        );
+
+        // A line signed by an unknown key in the heads file.
+        let stranger_dir = d.dir.join("stranger");
+        let stranger = JournalKey::load_or_create(&stranger_dir, &[]).unwrap();
+        let text = std::fs::read_to_string(&heads).unwrap();
+        let forged = journal::sign_head(&d.store, &stranger.signer, NOW + 60)
+            .await
+            .unwrap();
+        let other_file = d.dir.join("other-heads.jsonl");
+        std::fs::write(&other_file, format!("{text}{}\n", forged.signature)).unwrap();
+        let (ok, _, err) = run(&["journal", "verify", "--heads", other_file.to_str().unwrap()]);
+        assert!(
+            !ok && err.contains("line 3") && err.contains("unknown key"),
+            "{name}: {err}"
+        );
+        // The same head in the database: verification fails (an unknown
+        // kid used to be a warning).
+        let (ok, out, err) = run(&["journal", "verify"]);
+        assert!(
+            !ok && err.contains("journal BROKEN at entry 5") && err.contains("unknown key"),
+            "{name}: {out}{err}"
+        );
+        d.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1436,21 +1693,27 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
             "{out}"
         );
 
-        // Signing needs an ES256 key of the federation.
-        let (ok, _, err) = run(&["journal", "sign-head", "--federation", "citizen"], None);
-        assert!(!ok && err.contains("no active ES256 key"), "{err}");
-        let (ok, _, err) = run(&["journal", "sign-head", "--federation", "nope"], None);
-        assert!(!ok && err.contains("no federation"), "{err}");
-        let (ok, out, err) = run(&["keys", "generate", "--alg", "ES256"], None);
-        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains(&format!(
+                "unsigned tail: {entries} entries (no signed head)"
+            )),
+            "{out}"
+        );
+
+        // Signing uses the journal key, created on first use (no federation
+        // ES256 key needed; --federation is accepted and ignored).
         let (ok, out, err) = run(&["journal", "sign-head", "--federation", "citizen"], None);
         assert!(
-            ok && out.contains(&format!("entry {entries}")),
+            ok && out.contains(&format!("entry {entries}")) && err.contains("ignored"),
             "{out}{err}"
         );
+        assert!(keys_dir.join("journal/active.pem").exists());
         let (ok, out, err) = run(&["journal", "verify"], None);
         assert!(
-            ok && out.contains("1 signed head(s), 1 signature(s) checked"),
+            ok && out.contains("1 signed head(s), 1 signature(s) checked")
+                && out.contains(&format!(
+                    "unsigned tail: 0 entries after the last signed head (entry {entries})"
+                )),
             "{out}{err}"
         );
 
@@ -2028,9 +2291,9 @@ async fn journal_head_signed_when_due() {
             None
         );
         assert_eq!(s.journal_heads().await.unwrap().len(), 2);
-        let r = journal::verify_with_keys(s, &[set]).await.unwrap();
+        let r = journal::verify_with_keys(s, &trusting(key)).await.unwrap();
         assert_eq!(
-            (r.heads, r.signatures_verified, r.unknown_keys),
+            (r.heads, r.signatures_verified, r.unsigned_tail()),
             (2, 2, 0),
             "{name}"
         );
@@ -2108,13 +2371,20 @@ async fn deployment_domain_list_bounds_mandates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_signs_journal_heads_periodically() {
     for db in databases() {
+        let heads_file = temp_dir("heads").with_extension("jsonl");
         let env = Env::start_with(
             db,
             String::new(),
-            vec![(
-                "RELAIS__AIDANTS__JOURNAL_HEAD_INTERVAL_SECS".into(),
-                "1".into(),
-            )],
+            vec![
+                (
+                    "RELAIS__AIDANTS__JOURNAL_HEAD_INTERVAL_SECS".into(),
+                    "1".into(),
+                ),
+                (
+                    "RELAIS__AIDANTS__JOURNAL_HEADS_FILE".into(),
+                    heads_file.display().to_string(),
+                ),
+            ],
             false,
         )
         .await;
@@ -2149,13 +2419,37 @@ async fn serve_signs_journal_heads_periodically() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(signed, "no head signed for entry {last}");
-        let keys: Vec<Arc<KeySet>> = state.federations.iter().map(|f| f.keys.get()).collect();
+        // Signed with the journal key, and appended to the heads file.
+        let keys_dir = state.federations[0]
+            .keys
+            .dir()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let keys = journal_key::trusted_keys(&keys_dir, &[]).unwrap();
         let r = journal::verify_with_keys(s, &keys).await.unwrap();
-        assert!(r.signatures_verified >= 1 && r.unknown_keys == 0, "{r:?}");
+        assert!(
+            r.signatures_verified >= 1 && r.unsigned_tail() == 0,
+            "{r:?}"
+        );
+        let file = std::fs::read_to_string(&heads_file).unwrap();
+        let external = journal::parse_heads(&file, &keys).unwrap();
+        assert!(external.iter().any(|h| h.seq == last), "{file}");
+        let r = journal::verify_against(s, &keys, &external).await.unwrap();
+        assert_eq!((r.last_external, r.external_tail()), (last, 0));
         // Not grown: no new head at the next intervals.
         let heads = s.journal_heads().await.unwrap().len();
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
         assert_eq!(s.journal_heads().await.unwrap().len(), heads);
+        assert_eq!(
+            std::fs::read_to_string(&heads_file)
+                .unwrap()
+                .lines()
+                .count(),
+            heads,
+            "one line per head"
+        );
+        let _ = std::fs::remove_file(&heads_file);
         env.cleanup().await;
     }
 }
@@ -2215,7 +2509,13 @@ async fn serve_runs_the_retention_purge() {
                 .any(|e| e.kind == "usagers.purged" && e.actor == "system:serve"),
             "purge journalled by the server"
         );
-        let keys: Vec<Arc<KeySet>> = state.federations.iter().map(|f| f.keys.get()).collect();
+        let keys_dir = state.federations[0]
+            .keys
+            .dir()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let keys = journal_key::trusted_keys(&keys_dir, &[]).unwrap();
         journal::verify_with_keys(s, &keys).await.unwrap();
         env.cleanup().await;
     }
