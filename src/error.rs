@@ -196,7 +196,7 @@ impl IntoResponse for AppError {
                 state,
                 iss,
             } => {
-                tracing::info!(error, %description, "error redirect to client");
+                tracing::info!(error, ?description, "error redirect to client");
                 let mut params = vec![
                     ("error", error),
                     ("error_description", description.as_str()),
@@ -212,7 +212,7 @@ impl IntoResponse for AppError {
                 error,
                 description,
             } => {
-                tracing::info!(error, %description, "token endpoint error");
+                tracing::info!(error, ?description, "token endpoint error");
                 let mut resp = json_error(status, error, &description);
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     resp.headers_mut()
@@ -231,7 +231,7 @@ impl IntoResponse for AppError {
                 error,
                 description,
             } => {
-                tracing::info!(error, %description, "bearer error");
+                tracing::info!(error, ?description, "bearer error");
                 let challenge = format!(
                     "Bearer error=\"{error}\", error_description=\"{}\"",
                     description.replace('"', "'")
@@ -243,7 +243,7 @@ impl IntoResponse for AppError {
                 resp
             }
             AppError::Unavailable(m) => {
-                tracing::warn!(error = %m, "dependency unavailable");
+                tracing::warn!(error = ?m, "dependency unavailable");
                 let mut resp = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -254,7 +254,7 @@ impl IntoResponse for AppError {
                 resp
             }
             AppError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
+                tracing::error!(error = ?m, "internal error");
                 json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",

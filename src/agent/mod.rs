@@ -74,7 +74,7 @@ pub fn identity_from_login(
         match provider.cfg.domain_mismatch {
             DomainMismatch::Refuse => return Err(AgentRefusal::Domain(domain)),
             DomainMismatch::Log => {
-                tracing::warn!(event = "agent_domain_mismatch", provider = %provider.cfg.id, %domain, "provider vouched for a domain outside its own; accepted (log mode)")
+                tracing::warn!(event = "agent_domain_mismatch", provider = %provider.cfg.id, ?domain, "provider vouched for a domain outside its own; accepted (log mode)")
             }
         }
     }

@@ -698,7 +698,7 @@ async fn start_upstream(
         )
         .await
         .map_err(|e| {
-            tracing::warn!(provider = %provider_id, error = %e, "upstream unavailable");
+            tracing::warn!(provider = ?provider_id, error = ?e, "upstream unavailable");
             ctx.page_error(
                 lang,
                 StatusCode::BAD_GATEWAY,
@@ -912,7 +912,7 @@ pub async fn callback(
         }
     }
     if let Some(err) = params.get("error") {
-        tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = %err, "upstream returned an error");
+        tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = ?err, "upstream returned an error");
         let code = if err == "access_denied" {
             "access_denied"
         } else {
@@ -927,7 +927,7 @@ pub async fn callback(
         .finish(&ctx.app.http, &fed.url("/callback"), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
         .await
         .map_err(|e| {
-            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream sign-in failed");
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = ?e, "upstream sign-in failed");
             use crate::federation::UpstreamError as U;
             match e {
                 U::Unavailable(_) => fail("upstream_unavailable", StatusCode::BAD_GATEWAY),
@@ -1081,7 +1081,7 @@ async fn registry_check(
     match outcome {
         RegistryOutcome::Found => Ok(()),
         RegistryOutcome::Unavailable(e) => {
-            tracing::warn!(event = "registry_check", error = %e, "registry unavailable");
+            tracing::warn!(event = "registry_check", error = ?e, "registry unavailable");
             Err(ctx.page_error(
                 req.lang,
                 StatusCode::SERVICE_UNAVAILABLE,

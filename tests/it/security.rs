@@ -283,6 +283,130 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
     }
 }
 
+/// A `relais serve` process with the stack's configuration file (same
+/// database, keys and issuer) on its own port, with extra environment
+/// variables; its standard output piped when `capture`.
+async fn serve_process(
+    env: &Env,
+    vars: &[(&str, &str)],
+    capture: bool,
+) -> (std::process::Child, String) {
+    let cfg = env.stack.data_dir.join("node.toml");
+    std::fs::write(&cfg, &env.stack.config_text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relais"));
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RELAIS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RELAIS_LOG", if capture { "info" } else { "error" })
+        .stdout(if capture {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let node = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(format!("{node}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "node never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, node)
+}
+
+/// Defect 8: values an attacker chooses (the `error` of an upstream
+/// callback, parameter names, `claims` keys, error descriptions) are logged
+/// escaped: a newline in them never starts a new log line (text format).
+#[tokio::test(flavor = "multi_thread")]
+async fn attacker_values_never_forge_log_lines() {
+    use std::io::Read;
+    let env = Env::start(None).await;
+    let (mut child, node) = serve_process(&env, &[], true).await;
+    // Cookies kept (the callback is bound to the browser), no redirects.
+    let http = Browser::new().http;
+    let rp = Rp::demo(&env).await;
+    let on_node = |url: &str| url.replace(env.broker(), &node);
+    // A sign-in at the upstream: its callback then gets an error with a
+    // newline (and a forged log line after it).
+    let auth = rp.authorize(&["openid"], &[("idp_hint", "impots")]);
+    let r = http.get(on_node(&auth.url)).send().await.unwrap();
+    let upstream = r.headers()["location"].to_str().unwrap().to_string();
+    let q: std::collections::HashMap<String, String> = reqwest::Url::parse(&upstream)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let mut callback = reqwest::Url::parse(&on_node(&q["redirect_uri"])).unwrap();
+    callback
+        .query_pairs_mut()
+        .append_pair("state", &q["state"])
+        .append_pair("error", "access_denied\nINJECTED-1 ERROR forged line");
+    let callback = callback.to_string().replace("%5Cn", "%0A");
+    let _ = http.get(&callback).send().await.unwrap();
+    // A parameter name and a claims key with newlines; an invalid scope
+    // whose description names the input.
+    let hostile = [
+        format!(
+            "{}&x%0AINJECTED-2=1&x%0AINJECTED-2=2",
+            on_node(&rp.authorize(&["openid"], &[]).url)
+        ),
+        on_node(
+            &rp.authorize(
+                &["openid"],
+                &[(
+                    "claims",
+                    "{\"id_token\":{\"a\\nINJECTED-3\":{\"essential\":true}}}",
+                )],
+            )
+            .url,
+        ),
+        on_node(
+            &rp.authorize(&["openid"], &[("acr_values", "eidas1\nINJECTED-4 forged")])
+                .url,
+        ),
+        on_node(&rp.authorize(&["openid", "x\nINJECTED-5"], &[]).url),
+    ];
+    for url in &hostile {
+        let _ = http.get(url).send().await.unwrap();
+    }
+    let _ = http
+        .post(format!("{node}/token"))
+        .form(&[("grant_type", "x\nINJECTED-6"), ("client_id", "public-app")])
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = child.wait();
+    let forged: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("INJECTED"))
+        .collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:?}\n{out}");
+    assert!(
+        out.lines().any(|l| l.contains("INJECTED-1")),
+        "the callback error was logged (escaped):\n{out}"
+    );
+    env.cleanup().await;
+}
+
 /// Peak resident memory of a process (kB), from /proc.
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -301,31 +425,12 @@ fn peak_rss_kb(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn argon2_burst_is_bounded() {
     let env = Env::start(None).await;
-    let cfg = env.stack.data_dir.join("node.toml");
-    std::fs::write(&cfg, &env.stack.config_text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relais"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RELAIS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RELAIS__SERVER__TRUST_FORWARDED_HEADERS", "true")
-        .env("RELAIS_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{node}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "node never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, node) = serve_process(
+        &env,
+        &[("RELAIS__SERVER__TRUST_FORWARDED_HEADERS", "true")],
+        false,
+    )
+    .await;
     // 300 browsers with their login form, each from its own address.
     let mut ready = vec![];
     for i in 0..300u32 {
