@@ -171,6 +171,18 @@ impl Ctx {
     pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.fed.clients.get(id)
     }
+
+    /// The service of a request held in an interaction. Relais' own
+    /// sign-ins (the usager page, a mandate's usager) have none and never
+    /// reach the consent or code steps; a request that sends them there
+    /// (or whose service was removed from the configuration meanwhile) gets
+    /// the "sign-in expired" page, never a 500.
+    pub(crate) fn client_of(&self, req: &AuthRequest) -> Result<&Client, AppError> {
+        self.client(&req.client_id).ok_or_else(|| {
+            tracing::info!(federation = %self.fed.id, "interaction without a service at a service step");
+            self.page_error(req.lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+        })
+    }
 }
 
 pub async fn authorize_get(
@@ -496,9 +508,7 @@ async fn authorize_inner(
         if !sso {
             return Err(ctx.redirect_error(&req, "login_required", "no usable session"));
         }
-        let client = ctx
-            .client(&req.client_id)
-            .ok_or_else(|| AppError::internal("client vanished"))?;
+        let client = ctx.client_of(&req)?;
         if client.cfg.kind == crate::config::ClientKind::Private {
             return Err(ctx.redirect_error(
                 &req,
@@ -1141,9 +1151,7 @@ pub async fn consent_page(
 ) -> Result<Response, AppError> {
     let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let authn = session_authn(&ctx, &inter)?;
-    let client = ctx
-        .client(&inter.req.client_id)
-        .ok_or_else(|| AppError::internal("client vanished"))?;
+    let client = ctx.client_of(&inter.req)?;
     let lang = inter.req.lang;
     let claims: Vec<String> = claims_for_scopes(&inter.req.scopes)
         .into_iter()
@@ -1244,14 +1252,17 @@ pub async fn consent_submit(
         restore().await?;
         return Err(e);
     }
+    let client = match ctx.client_of(&inter.req) {
+        Ok(c) => c,
+        Err(e) => {
+            restore().await?;
+            return Err(e);
+        }
+    };
     if form.get("decision") == Some("deny") {
         tracing::info!(event = "consent", federation = %ctx.fed.id, client = %inter.req.client_id, granted = false, "consent refused");
         return Ok(redirect(&ctx.back_url(&inter.req, "access_denied")));
     }
-    let Some(client) = ctx.client(&inter.req.client_id) else {
-        restore().await?;
-        return Err(AppError::internal("client vanished"));
-    };
     if client.cfg.kind == crate::config::ClientKind::Private && form.get("consent") != Some("yes") {
         restore().await?;
         return Ok(redirect(
@@ -1294,9 +1305,7 @@ async fn issue_code(
     authn: &Authn,
     session: &str,
 ) -> Result<Response, AppError> {
-    let client = ctx
-        .client(&req.client_id)
-        .ok_or_else(|| AppError::internal("client vanished"))?;
+    let client = ctx.client_of(req)?;
     let sub = match (&client.cfg.subject_type, &authn.public_sub) {
         (crate::config::SubjectType::Public, Some(public)) => public.clone(),
         _ => pairwise_sub(&ctx.fed.pairwise_secret, &client.sector, &authn.subject_key),

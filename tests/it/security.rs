@@ -676,3 +676,50 @@ async fn one_authentication_method_and_case_insensitive_schemes() {
     }
     env.cleanup().await;
 }
+
+/// Defect 12: the consent form POSTed for an interaction of Relais' own
+/// sign-in (`/usager`, no service) gets the HTML "sign-in expired" page,
+/// never a 500, and the interaction is left as it was.
+#[tokio::test]
+async fn consent_post_for_an_own_sign_in_is_not_a_500() {
+    for db in databases() {
+        let env = Env::start(db).await;
+        let broker = env.broker().to_string();
+        let browser = Browser::new();
+        let (url, status, html) = browser
+            .go(&format!("{broker}/usager"), "/never")
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        assert!(url.contains("/interaction/"), "{url}");
+        let (_, fields) = form(&html);
+        let csrf = fields.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+        let id = url
+            .split("/interaction/")
+            .nth(1)
+            .unwrap()
+            .split(['/', '?'])
+            .next()
+            .unwrap();
+        for decision in ["accept", "deny"] {
+            let post = vec![
+                ("csrf".to_string(), csrf.clone()),
+                ("decision".to_string(), decision.to_string()),
+            ];
+            let (_, status, html) = browser
+                .post(
+                    &format!("{broker}/interaction/{id}/consent"),
+                    &post,
+                    "/never",
+                )
+                .await
+                .page();
+            assert_eq!(status, 400, "{decision}: {html}");
+            assert!(html.contains("interaction_expired"), "{html}");
+        }
+        // The interaction still works: the choice page answers.
+        let (_, status, _) = browser.go(&url, "/never").await.page();
+        assert_eq!(status, 200);
+        env.cleanup().await;
+    }
+}
