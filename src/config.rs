@@ -267,6 +267,13 @@ pub struct ProviderConfig {
     pub userinfo_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
     pub end_session_endpoint: Option<String>,
+    /// Refuse a callback without `iss` (RFC 9207). Discovered providers
+    /// that advertise `authorization_response_iss_parameter_supported` always
+    /// have it required; this setting is for providers configured with
+    /// explicit endpoints (or to require it of a provider that sends `iss`
+    /// without advertising it).
+    #[serde(default)]
+    pub require_iss: bool,
     pub client_id: String,
     pub client_secret: Option<String>,
     #[serde(default = "default_upstream_auth")]
@@ -320,6 +327,15 @@ pub enum SubjectType {
     #[default]
     Pairwise,
     Public,
+}
+
+/// A provider id: it names the provider's redirect URI
+/// (`{issuer}/callback/{id}`), so letters, digits, `-` and `_` only.
+pub fn valid_provider_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn default_upstream_auth() -> UpstreamAuth {
@@ -590,6 +606,13 @@ impl Config {
                 let at = |s: &str| format!("federations.{id}.providers[{}].{s}", p.id);
                 if !seen.insert(&p.id) {
                     errs.push(format!("federations.{id}: provider id {:?} twice", p.id));
+                }
+                // The id is a path segment of the provider's redirect URI.
+                if !valid_provider_id(&p.id) {
+                    errs.push(format!(
+                        "federations.{id}: provider id {:?}: 1 to 64 letters, digits, '-' or '_'",
+                        p.id
+                    ));
                 }
                 if url::Url::parse(&p.issuer).is_err() {
                     errs.push(format!("{}: not a URL", at("issuer")));

@@ -685,7 +685,7 @@ async fn start_upstream(
     let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
-            &fed.url("/callback"),
+            &fed.url(&provider.callback_path()),
             inter.req.acr_min.as_deref(),
             &fed.cfg.acr_values,
             inter.req.login_hint.as_deref(),
@@ -875,9 +875,26 @@ pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Resul
     Ok(())
 }
 
-/// Upstream provider returns here.
+/// The former single redirect URI (`{issuer}/callback`), shared by every
+/// provider: refused with a page saying so, since a callback that does not
+/// name its provider is what makes a mix-up possible (see
+/// docs/adding-an-identity-provider.md, "Migrating to one redirect URI per
+/// provider").
+pub async fn legacy_callback(State(ctx): State<Ctx>, headers: HeaderMap) -> AppError {
+    tracing::warn!(event = "upstream_callback", federation = %ctx.fed.id, "callback on the former shared redirect URI refused: register {{issuer}}/callback/{{provider id}} at the provider");
+    ctx.page_error(
+        lang_from(&headers, None),
+        StatusCode::BAD_REQUEST,
+        "callback_moved",
+        None,
+    )
+}
+
+/// Upstream provider returns here, at its own redirect URI
+/// (`{issuer}/callback/{provider id}`).
 pub async fn callback(
     State(ctx): State<Ctx>,
+    Path(path_provider): Path<String>,
     cookies: Cookies,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -901,15 +918,32 @@ pub async fn callback(
     let back = Some(ctx.back_url(&inter.req, "access_denied"));
     let fail =
         |code: &'static str, status: StatusCode| ctx.page_error(lang, status, code, back.clone());
+    // Mix-up defence: each provider answers at its own redirect URI, so a
+    // code delivered on another provider's callback than the one this
+    // sign-in went to is refused before anything is redeemed.
+    if path_provider != pending.provider {
+        tracing::warn!(event = "upstream_callback", provider = %pending.provider, callback_of = %path_provider.chars().take(64).collect::<String>(), "callback on another provider's redirect URI refused (mix-up)");
+        return Err(fail("upstream_mixup", StatusCode::BAD_REQUEST));
+    }
     let provider = fed
         .provider(&pending.provider)
         .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
-    // RFC 9207: if the provider sends iss, it must be its own.
-    if let Some(iss) = params.get("iss") {
-        if iss != provider.cfg.issuer {
-            tracing::warn!(provider = %provider.cfg.id, "callback iss mismatch");
+    let meta = provider.metadata(&ctx.app.http).await.map_err(|e| {
+        tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream unavailable");
+        fail("upstream_unavailable", StatusCode::BAD_GATEWAY)
+    })?;
+    // RFC 9207: iss, when sent, must be the provider's own; and it must be
+    // sent when the provider advertises it (or `require_iss` is set).
+    match params.get("iss") {
+        Some(iss) if iss != provider.cfg.issuer => {
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback iss mismatch refused");
             return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
         }
+        None if provider.iss_required(&meta) => {
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback without the required iss refused");
+            return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
+        }
+        _ => {}
     }
     if let Some(err) = params.get("error") {
         tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = %err, "upstream returned an error");
@@ -924,7 +958,7 @@ pub async fn callback(
         .get("code")
         .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
     let login = provider
-        .finish(&ctx.app.http, &fed.url("/callback"), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
+        .finish(&ctx.app.http, &fed.url(&provider.callback_path()), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
         .await
         .map_err(|e| {
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream sign-in failed");

@@ -90,7 +90,8 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
             "/interaction/{id}/usager",
             get(usager::page).post(usager::revoke),
         )
-        .route("/callback", get(authorize::callback))
+        .route("/callback", get(authorize::legacy_callback))
+        .route("/callback/{provider}", get(authorize::callback))
         .route("/token", post(token::token))
         .route("/userinfo", get(token::userinfo).post(token::userinfo))
         .route(

@@ -12,6 +12,7 @@ mod federations;
 mod flows;
 mod keys_cli;
 mod mandates;
+mod mixup;
 mod multinode;
 mod negative;
 mod outage;
