@@ -548,7 +548,7 @@ async fn authorize_inner(
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
     } else if let Some(hint) = inter.req.idp_hint.clone() {
-        let url = start_upstream(ctx, &id, &mut inter, &hint).await?;
+        let url = start_upstream(ctx, cookies, &id, &mut inter, &hint).await?;
         tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %hint, via = "idp_hint", "identity provider chosen");
         url
     } else if fed.cfg.profile == Profile::Agent {
@@ -559,7 +559,7 @@ async fn authorize_inner(
             .clone()
             .and_then(|h| normalise_email(&h))
         {
-            Some(email) => agent_next(ctx, &id, &mut inter, &email).await?,
+            Some(email) => agent_next(ctx, cookies, &id, &mut inter, &email).await?,
             None => fed.url(&format!("/interaction/{id}")),
         }
     } else {
@@ -590,6 +590,7 @@ async fn authorize_inner(
 /// where to send the browser.
 async fn agent_next(
     ctx: &Ctx,
+    cookies: &Cookies,
     id: &str,
     inter: &mut Interaction,
     email: &str,
@@ -604,7 +605,7 @@ async fn agent_next(
     ) {
         Route::One(p) | Route::Default(p) => {
             tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %p, via = "email_domain", "identity provider chosen");
-            start_upstream(ctx, id, inter, &p).await
+            start_upstream(ctx, cookies, id, inter, &p).await
         }
         Route::Several(list) => {
             inter.candidates = Some(list);
@@ -636,7 +637,7 @@ pub async fn email_submit(
             Some(ctx.fed.url(&format!("/interaction/{id}"))),
         ));
     };
-    let url = agent_next(&ctx, &id, &mut inter, &email).await?;
+    let url = agent_next(&ctx, &cookies, &id, &mut inter, &email).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
@@ -654,6 +655,7 @@ pub async fn email_submit(
 /// Prepare the redirect to the upstream provider and remember its state.
 async fn start_upstream(
     ctx: &Ctx,
+    cookies: &Cookies,
     interaction_id: &str,
     inter: &mut Interaction,
     provider_id: &str,
@@ -679,9 +681,18 @@ async fn start_upstream(
             return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "acr_not_satisfied", back));
         }
     }
-    let force_login = inter.req.prompt.iter().any(|p| p == "login")
+    // Someone else may still be signed in at this provider on this browser
+    // (a usager's sign-in on an aidant's screen, provider without logout):
+    // a fresh authentication, never silent single sign-on.
+    let relogin = super::Relogin::read(fed, cookies).contains(provider_id);
+    if relogin {
+        tracing::info!(event = "upstream_relogin", federation = %fed.id, provider = %provider_id, "fresh upstream sign-in forced on this browser");
+    }
+    let force_login = relogin
+        || inter.req.prompt.iter().any(|p| p == "login")
         || inter.req.max_age.is_some()
         || crate::agent::wants_mfa(fed, inter.req.acr_min.as_deref());
+    let max_age = if relogin { Some(0) } else { inter.req.max_age };
     let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
@@ -691,7 +702,7 @@ async fn start_upstream(
             inter.req.login_hint.as_deref(),
             inter.req.siret_hint.as_deref(),
             force_login,
-            inter.req.max_age,
+            max_age,
             interaction_id,
             &inter.session,
             &state,
@@ -850,7 +861,7 @@ pub async fn choose_submit(
     {
         return Err(ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "invalid_request"));
     }
-    let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
+    let url = start_upstream(&ctx, &cookies, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
@@ -1036,7 +1047,7 @@ pub async fn callback(
         upstream_id_token: if own_page {
             String::new()
         } else {
-            login.id_token
+            login.id_token.clone()
         },
         delegation: None,
     };
@@ -1068,17 +1079,42 @@ pub async fn callback(
     {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
     }
+    // A completed sign-in at this provider replaced any session a usager
+    // had left there on this browser.
+    let relogin_before = super::Relogin::read(fed, &cookies);
+    let mut relogin = relogin_before.clone();
+    relogin.remove(&provider.cfg.id);
     let Some(session) = new_session else {
         let page = if inter.usager_consultation {
             "usager"
         } else {
             "mandat"
         };
-        return Ok(redirect(
-            &fed.url(&format!("/interaction/{interaction_id}/{page}")),
-        ));
+        let page = fed.url(&format!("/interaction/{interaction_id}/{page}"));
+        // The usager signed in on a screen that may not be theirs (the
+        // aidant's): end their session at the provider before their page,
+        // or, when the provider has no logout, have the next sign-in there
+        // on this browser ask for a fresh authentication.
+        let mut resp = match super::logout::end_upstream_session(
+            &ctx,
+            provider,
+            &login.id_token,
+            &page,
+            lang,
+        )
+        .await?
+        {
+            Some(resp) => resp,
+            None => {
+                tracing::info!(event = "upstream_relogin_marked", federation = %fed.id, provider = %provider.cfg.id, "provider without logout: next sign-in there on this browser will be forced");
+                relogin.add(&provider.cfg.id);
+                redirect(&page)
+            }
+        };
+        relogin.store_if_changed(&ctx, &relogin_before, &mut resp);
+        return Ok(resp);
     };
-    session
+    let mut resp = session
         .begin(
             &ctx,
             &SessionData {
@@ -1089,7 +1125,9 @@ pub async fn callback(
             now,
             redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction))),
         )
-        .await
+        .await?;
+    relogin.store_if_changed(&ctx, &relogin_before, &mut resp);
+    Ok(resp)
 }
 
 async fn registry_check(

@@ -18,3 +18,4 @@ mod negative;
 mod outage;
 mod serve;
 mod storage;
+mod upstream_session;
