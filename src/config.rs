@@ -842,6 +842,27 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
     }
 
     #[test]
+    fn provider_ids_are_path_segments_and_require_iss_defaults_off() {
+        let with = |id: &str, extra: &str| {
+            format!(
+                "{MIN}[[federations.citizen.providers]]\nid = \"{id}\"\nname = \"P\"\n\
+                 issuer = \"https://idp.example\"\nclient_id = \"relais\"\n\
+                 client_secret = \"s\"\n{extra}"
+            )
+        };
+        let c = Config::from_toml_with_env(&with("ameli-bis_2", ""), vec![]).unwrap();
+        assert!(!c.federations["citizen"].providers[0].require_iss);
+        let c = Config::from_toml_with_env(&with("x", "require_iss = true\n"), vec![]).unwrap();
+        assert!(c.federations["citizen"].providers[0].require_iss);
+        for bad in ["", "a/b", "a.b", "a b", "é", &"x".repeat(65)] {
+            let e = Config::from_toml_with_env(&with(bad, ""), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("provider id"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn delegation_domains_must_be_known() {
         let ok = format!("{MIN}delegation_domains = [\"social\", \"logement\"]\n");
         let c = Config::from_toml_with_env(&ok, vec![]).unwrap();
