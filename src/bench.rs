@@ -487,7 +487,7 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
             clients: vec![DemoClient {
                 client_id: "relais".into(),
                 client_secret: "relais-at-fast".into(),
-                redirect_uris: vec![format!("{broker}/callback")],
+                redirect_uris: vec![format!("{broker}/callback/fast")],
                 post_logout_redirect_uris: vec![],
             }],
             acr_values: vec!["eidas1".into()],

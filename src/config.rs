@@ -274,6 +274,13 @@ pub struct ProviderConfig {
     pub userinfo_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
     pub end_session_endpoint: Option<String>,
+    /// Refuse a callback without `iss` (RFC 9207). Discovered providers
+    /// that advertise `authorization_response_iss_parameter_supported` always
+    /// have it required; this setting is for providers configured with
+    /// explicit endpoints (or to require it of a provider that sends `iss`
+    /// without advertising it).
+    #[serde(default)]
+    pub require_iss: bool,
     pub client_id: String,
     pub client_secret: Option<String>,
     #[serde(default = "default_upstream_auth")]
@@ -327,6 +334,15 @@ pub enum SubjectType {
     #[default]
     Pairwise,
     Public,
+}
+
+/// A provider id: it names the provider's redirect URI
+/// (`{issuer}/callback/{id}`), so letters, digits, `-` and `_` only.
+pub fn valid_provider_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn default_upstream_auth() -> UpstreamAuth {
@@ -614,6 +630,13 @@ impl Config {
                 if !seen.insert(&p.id) {
                     errs.push(format!("federations.{id}: provider id {:?} twice", p.id));
                 }
+                // The id is a path segment of the provider's redirect URI.
+                if !valid_provider_id(&p.id) {
+                    errs.push(format!(
+                        "federations.{id}: provider id {:?}: 1 to 64 letters, digits, '-' or '_'",
+                        p.id
+                    ));
+                }
                 if url::Url::parse(&p.issuer).is_err() {
                     errs.push(format!("{}: not a URL", at("issuer")));
                 }
@@ -839,6 +862,27 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert!(f.nonce_required);
         assert_eq!(f.access_token_ttl_secs, 60);
         assert_eq!(c.server.database_url, "sqlite://relais.db");
+    }
+
+    #[test]
+    fn provider_ids_are_path_segments_and_require_iss_defaults_off() {
+        let with = |id: &str, extra: &str| {
+            format!(
+                "{MIN}[[federations.citizen.providers]]\nid = \"{id}\"\nname = \"P\"\n\
+                 issuer = \"https://idp.example\"\nclient_id = \"relais\"\n\
+                 client_secret = \"s\"\n{extra}"
+            )
+        };
+        let c = Config::from_toml_with_env(&with("ameli-bis_2", ""), vec![]).unwrap();
+        assert!(!c.federations["citizen"].providers[0].require_iss);
+        let c = Config::from_toml_with_env(&with("x", "require_iss = true\n"), vec![]).unwrap();
+        assert!(c.federations["citizen"].providers[0].require_iss);
+        for bad in ["", "a/b", "a.b", "a b", "é", &"x".repeat(65)] {
+            let e = Config::from_toml_with_env(&with(bad, ""), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("provider id"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -101,6 +101,8 @@ impl From<crate::mandates::MandateError> for AppError {
 /// Build `uri` with extra query parameters (keeps the URI's own query).
 pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     match url::Url::parse(uri) {
+        // No parameters: the URI as it is (no empty `?`).
+        Ok(_) if params.is_empty() => uri.to_string(),
         Ok(mut u) => {
             {
                 let mut q = u.query_pairs_mut();

@@ -125,6 +125,15 @@ pub struct Faults {
     pub token_delay_ms: u64,
     /// Answer `/authorize` by redirecting back with `error=<this>`.
     pub authorize_error: Option<String>,
+    /// Leave `iss` out of the authorization responses (RFC 9207), although
+    /// discovery advertises it.
+    pub omit_iss: bool,
+    /// Send this `iss` in the authorization responses instead of our own.
+    pub response_iss: Option<String>,
+    /// Leave `end_session_endpoint` out of discovery (a provider without
+    /// RP-initiated logout). Relais caches discovery: switch it on before
+    /// its first sign-in through this provider.
+    pub no_end_session: bool,
 }
 
 /// Configuration of one demo IdP instance.
@@ -774,8 +783,21 @@ impl DemoIdp {
         if let Some(s) = state {
             params.push(("state", s));
         }
-        params.push(("iss", self.issuer()));
+        let iss = self.response_iss();
+        if let Some(i) = &iss {
+            params.push(("iss", i.as_str()));
+        }
         redirect_with(redirect_uri, &params)
+    }
+
+    /// The `iss` of an authorization response (RFC 9207), unless a fault
+    /// leaves it out or changes it.
+    fn response_iss(&self) -> Option<String> {
+        let f = self.faults();
+        if f.omit_iss {
+            return None;
+        }
+        Some(f.response_iss.unwrap_or_else(|| self.issuer().to_string()))
     }
 
     /// Create a single-use code for `req` and send the browser back with it.
@@ -795,10 +817,12 @@ impl DemoIdp {
                 access_token: None,
             },
         );
-        redirect_with(
-            &redirect_uri,
-            &[("code", &code), ("state", &state), ("iss", self.issuer())],
-        )
+        let iss = self.response_iss();
+        let mut params = vec![("code", code.as_str()), ("state", state.as_str())];
+        if let Some(i) = &iss {
+            params.push(("iss", i.as_str()));
+        }
+        redirect_with(&redirect_uri, &params)
     }
 
     fn login_page(
@@ -1557,7 +1581,7 @@ impl DemoIdp {
             "sid",
         ];
         claims.extend(PERSON_CLAIMS);
-        json!({
+        let mut doc = json!({
             "issuer": self.issuer(),
             "authorization_endpoint": self.endpoint("/authorize"),
             "token_endpoint": self.endpoint("/token"),
@@ -1579,7 +1603,13 @@ impl DemoIdp {
             "request_parameter_supported": false,
             "request_uri_parameter_supported": false,
             "authorization_response_iss_parameter_supported": true,
-        })
+        });
+        if self.faults().no_end_session {
+            if let Some(d) = doc.as_object_mut() {
+                d.remove("end_session_endpoint");
+            }
+        }
+        doc
     }
 }
 

@@ -232,8 +232,9 @@ impl Stack {
         text.push_str(&extra(&urls));
         let config =
             Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
-        // Keys for every federation; the demo providers accept every
-        // federation's callback (each federation is a separate client there).
+        // Keys for every federation; each demo provider accepts the
+        // callback of every configured provider that points at it (one
+        // redirect URI per provider), and every federation's logout return.
         let mut issuers = Vec::new();
         for (id, f) in &config.federations {
             let algs: Vec<Alg> = f
@@ -288,7 +289,8 @@ impl Stack {
             let dir = data_dir.join(format!("idp{}-keys", n + 1));
             keys::ensure(&dir, &[Alg::ES256]).map_err(|e| e.to_string())?;
             let ring = Arc::new(KeyRing::open(&dir).map_err(|e| e.to_string())?);
-            let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &issuers, acr);
+            let callbacks = callbacks_at(&config, issuer);
+            let mut cfg = idp_config(issuer, name, n as u8 + 1, secret, &issuers, &callbacks, acr);
             cfg.people = people;
             cfg.auto_login = opts.auto_login;
             let idp = DemoIdp::new(cfg, ring);
@@ -335,12 +337,29 @@ impl Stack {
     }
 }
 
+/// Relais' redirect URIs for the providers configured with this issuer
+/// (`{federation issuer}/callback/{provider id}`), in every federation.
+fn callbacks_at(config: &Config, issuer: &str) -> Vec<String> {
+    let same = |a: &str| a.trim_end_matches('/') == issuer.trim_end_matches('/');
+    config
+        .federations
+        .values()
+        .flat_map(|f| {
+            f.providers
+                .iter()
+                .filter(|p| same(&p.issuer))
+                .map(|p| format!("{}/callback/{}", f.issuer.trim_end_matches('/'), p.id))
+        })
+        .collect()
+}
+
 fn idp_config(
     issuer: &str,
     name: &str,
     which: u8,
     secret: &str,
     brokers: &[String],
+    callbacks: &[String],
     acr: &[&str],
 ) -> DemoIdpConfig {
     DemoIdpConfig {
@@ -350,7 +369,7 @@ fn idp_config(
         clients: vec![DemoClient {
             client_id: "relais".into(),
             client_secret: secret.into(),
-            redirect_uris: brokers.iter().map(|b| format!("{b}/callback")).collect(),
+            redirect_uris: callbacks.to_vec(),
             post_logout_redirect_uris: brokers
                 .iter()
                 .map(|b| format!("{b}/logout/callback"))

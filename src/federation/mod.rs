@@ -22,14 +22,18 @@ use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Provider metadata beyond what `openidconnect` reads: RP-initiated
+/// logout and RFC 9207.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct LogoutMetadata {
+pub struct ExtraMetadata {
     pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
-impl AdditionalProviderMetadata for LogoutMetadata {}
+impl AdditionalProviderMetadata for ExtraMetadata {}
 
 pub type Metadata = ProviderMetadata<
-    LogoutMetadata,
+    ExtraMetadata,
     CoreAuthDisplay,
     CoreClientAuthMethod,
     CoreClaimName,
@@ -160,8 +164,9 @@ impl Upstream {
                     vec![ResponseTypes::new(vec![CoreResponseType::Code])],
                     vec![CoreSubjectIdentifierType::Public],
                     vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
-                    LogoutMetadata {
+                    ExtraMetadata {
                         end_session_endpoint: self.cfg.end_session_endpoint.clone(),
+                        authorization_response_iss_parameter_supported: None,
                     },
                 )
                 .set_token_endpoint(Some(TokenUrl::new(t.clone()).map_err(bad)?))
@@ -197,6 +202,24 @@ impl Upstream {
                     .and_then(|m| m.additional_metadata().end_session_endpoint.clone())
             })
         })
+    }
+
+    /// Relais' redirect URI at this provider, relative to the federation's
+    /// issuer: one per provider, so that a callback names the provider it
+    /// comes from (mix-up defence, RFC 9207 §1 and RFC 9700 §4.4.2).
+    pub fn callback_path(&self) -> String {
+        format!("/callback/{}", self.cfg.id)
+    }
+
+    /// Whether a callback without `iss` must be refused: the provider
+    /// advertises `authorization_response_iss_parameter_supported` in its
+    /// discovery document (RFC 9207 §3), or `require_iss` is set.
+    pub fn iss_required(&self, meta: &Metadata) -> bool {
+        self.cfg.require_iss
+            || meta
+                .additional_metadata()
+                .authorization_response_iss_parameter_supported
+                == Some(true)
     }
 
     fn client(

@@ -558,7 +558,7 @@ async fn authorize_inner(
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
     } else if let Some(hint) = inter.req.idp_hint.clone() {
-        let url = start_upstream(ctx, &id, &mut inter, &hint).await?;
+        let url = start_upstream(ctx, cookies, &id, &mut inter, &hint).await?;
         tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %hint, via = "idp_hint", "identity provider chosen");
         url
     } else if fed.cfg.profile == Profile::Agent {
@@ -569,7 +569,7 @@ async fn authorize_inner(
             .clone()
             .and_then(|h| normalise_email(&h))
         {
-            Some(email) => agent_next(ctx, &id, &mut inter, &email).await?,
+            Some(email) => agent_next(ctx, cookies, &id, &mut inter, &email).await?,
             None => fed.url(&format!("/interaction/{id}")),
         }
     } else {
@@ -600,6 +600,7 @@ async fn authorize_inner(
 /// where to send the browser.
 async fn agent_next(
     ctx: &Ctx,
+    cookies: &Cookies,
     id: &str,
     inter: &mut Interaction,
     email: &str,
@@ -614,7 +615,7 @@ async fn agent_next(
     ) {
         Route::One(p) | Route::Default(p) => {
             tracing::info!(event = "idp_chosen", federation = %fed.id, provider = %p, via = "email_domain", "identity provider chosen");
-            start_upstream(ctx, id, inter, &p).await
+            start_upstream(ctx, cookies, id, inter, &p).await
         }
         Route::Several(list) => {
             inter.candidates = Some(list);
@@ -646,7 +647,7 @@ pub async fn email_submit(
             Some(ctx.fed.url(&format!("/interaction/{id}"))),
         ));
     };
-    let url = agent_next(&ctx, &id, &mut inter, &email).await?;
+    let url = agent_next(&ctx, &cookies, &id, &mut inter, &email).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
@@ -664,6 +665,7 @@ pub async fn email_submit(
 /// Prepare the redirect to the upstream provider and remember its state.
 async fn start_upstream(
     ctx: &Ctx,
+    cookies: &Cookies,
     interaction_id: &str,
     inter: &mut Interaction,
     provider_id: &str,
@@ -689,19 +691,28 @@ async fn start_upstream(
             return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "acr_not_satisfied", back));
         }
     }
-    let force_login = inter.req.prompt.iter().any(|p| p == "login")
+    // Someone else may still be signed in at this provider on this browser
+    // (a usager's sign-in on an aidant's screen, provider without logout):
+    // a fresh authentication, never silent single sign-on.
+    let relogin = super::Relogin::read(fed, cookies).contains(provider_id);
+    if relogin {
+        tracing::info!(event = "upstream_relogin", federation = %fed.id, provider = %provider_id, "fresh upstream sign-in forced on this browser");
+    }
+    let force_login = relogin
+        || inter.req.prompt.iter().any(|p| p == "login")
         || inter.req.max_age.is_some()
         || crate::agent::wants_mfa(fed, inter.req.acr_min.as_deref());
+    let max_age = if relogin { Some(0) } else { inter.req.max_age };
     let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
-            &fed.url("/callback"),
+            &fed.url(&provider.callback_path()),
             inter.req.acr_min.as_deref(),
             &fed.cfg.acr_values,
             inter.req.login_hint.as_deref(),
             inter.req.siret_hint.as_deref(),
             force_login,
-            inter.req.max_age,
+            max_age,
             interaction_id,
             &inter.session,
             &state,
@@ -860,7 +871,7 @@ pub async fn choose_submit(
     {
         return Err(ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "invalid_request"));
     }
-    let url = start_upstream(&ctx, &id, &mut inter, &provider).await?;
+    let url = start_upstream(&ctx, &cookies, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
     ctx.app
         .store
@@ -885,9 +896,26 @@ pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Resul
     Ok(())
 }
 
-/// Upstream provider returns here.
+/// The former single redirect URI (`{issuer}/callback`), shared by every
+/// provider: refused with a page saying so, since a callback that does not
+/// name its provider is what makes a mix-up possible (see
+/// docs/adding-an-identity-provider.md, "Migrating to one redirect URI per
+/// provider").
+pub async fn legacy_callback(State(ctx): State<Ctx>, headers: HeaderMap) -> AppError {
+    tracing::warn!(event = "upstream_callback", federation = %ctx.fed.id, "callback on the former shared redirect URI refused: register {{issuer}}/callback/{{provider id}} at the provider");
+    ctx.page_error(
+        lang_from(&headers, None),
+        StatusCode::BAD_REQUEST,
+        "callback_moved",
+        None,
+    )
+}
+
+/// Upstream provider returns here, at its own redirect URI
+/// (`{issuer}/callback/{provider id}`).
 pub async fn callback(
     State(ctx): State<Ctx>,
+    Path(path_provider): Path<String>,
     cookies: Cookies,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -911,15 +939,32 @@ pub async fn callback(
     let back = Some(ctx.back_url(&inter.req, "access_denied"));
     let fail =
         |code: &'static str, status: StatusCode| ctx.page_error(lang, status, code, back.clone());
+    // Mix-up defence: each provider answers at its own redirect URI, so a
+    // code delivered on another provider's callback than the one this
+    // sign-in went to is refused before anything is redeemed.
+    if path_provider != pending.provider {
+        tracing::warn!(event = "upstream_callback", provider = %pending.provider, callback_of = %path_provider.chars().take(64).collect::<String>(), "callback on another provider's redirect URI refused (mix-up)");
+        return Err(fail("upstream_mixup", StatusCode::BAD_REQUEST));
+    }
     let provider = fed
         .provider(&pending.provider)
         .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
-    // RFC 9207: if the provider sends iss, it must be its own.
-    if let Some(iss) = params.get("iss") {
-        if iss != provider.cfg.issuer {
-            tracing::warn!(provider = %provider.cfg.id, "callback iss mismatch");
+    let meta = provider.metadata(&ctx.app.http).await.map_err(|e| {
+        tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream unavailable");
+        fail("upstream_unavailable", StatusCode::BAD_GATEWAY)
+    })?;
+    // RFC 9207: iss, when sent, must be the provider's own; and it must be
+    // sent when the provider advertises it (or `require_iss` is set).
+    match params.get("iss") {
+        Some(iss) if iss != provider.cfg.issuer => {
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback iss mismatch refused");
             return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
         }
+        None if provider.iss_required(&meta) => {
+            tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback without the required iss refused");
+            return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
+        }
+        _ => {}
     }
     if let Some(err) = params.get("error") {
         tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = ?err, "upstream returned an error");
@@ -934,7 +979,7 @@ pub async fn callback(
         .get("code")
         .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
     let login = provider
-        .finish(&ctx.app.http, &fed.url("/callback"), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
+        .finish(&ctx.app.http, &fed.url(&provider.callback_path()), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
         .await
         .map_err(|e| {
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = ?e, "upstream sign-in failed");
@@ -1012,7 +1057,7 @@ pub async fn callback(
         upstream_id_token: if own_page {
             String::new()
         } else {
-            login.id_token
+            login.id_token.clone()
         },
         delegation: None,
     };
@@ -1044,17 +1089,42 @@ pub async fn callback(
     {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
     }
+    // A completed sign-in at this provider replaced any session a usager
+    // had left there on this browser.
+    let relogin_before = super::Relogin::read(fed, &cookies);
+    let mut relogin = relogin_before.clone();
+    relogin.remove(&provider.cfg.id);
     let Some(session) = new_session else {
         let page = if inter.usager_consultation {
             "usager"
         } else {
             "mandat"
         };
-        return Ok(redirect(
-            &fed.url(&format!("/interaction/{interaction_id}/{page}")),
-        ));
+        let page = fed.url(&format!("/interaction/{interaction_id}/{page}"));
+        // The usager signed in on a screen that may not be theirs (the
+        // aidant's): end their session at the provider before their page,
+        // or, when the provider has no logout, have the next sign-in there
+        // on this browser ask for a fresh authentication.
+        let mut resp = match super::logout::end_upstream_session(
+            &ctx,
+            provider,
+            &login.id_token,
+            &page,
+            lang,
+        )
+        .await?
+        {
+            Some(resp) => resp,
+            None => {
+                tracing::info!(event = "upstream_relogin_marked", federation = %fed.id, provider = %provider.cfg.id, "provider without logout: next sign-in there on this browser will be forced");
+                relogin.add(&provider.cfg.id);
+                redirect(&page)
+            }
+        };
+        relogin.store_if_changed(&ctx, &relogin_before, &mut resp);
+        return Ok(resp);
     };
-    session
+    let mut resp = session
         .begin(
             &ctx,
             &SessionData {
@@ -1065,7 +1135,9 @@ pub async fn callback(
             now,
             redirect(&fed.url(&format!("/interaction/{}/consent", pending.interaction))),
         )
-        .await
+        .await?;
+    relogin.store_if_changed(&ctx, &relogin_before, &mut resp);
+    Ok(resp)
 }
 
 async fn registry_check(

@@ -204,36 +204,75 @@ async fn finish_logout(
         tracing::info!(event = "session_ended", federation = %fed.id, tokens_revoked = revoked, "broker session ended");
     }
     let mut resp = if let Some((endpoint, hint, upstream_client)) = upstream {
-        let id = random_token(24);
-        ctx.app
-            .store
-            .put(
-                Kind::Logout,
-                &id,
-                &fed.id,
-                &serde_json::to_string(&flow).map_err(AppError::internal)?,
-                ctx.now() + 600,
-            )
-            .await?;
-        let url = with_query(
-            &endpoint,
-            &[
-                ("id_token_hint", hint.as_str()),
-                (
-                    "post_logout_redirect_uri",
-                    fed.url("/logout/callback").as_str(),
-                ),
-                ("state", id.as_str()),
-                ("client_id", upstream_client.as_str()),
-            ],
-        );
-        redirect(&url)
+        upstream_redirect(ctx, &flow, &endpoint, &hint, &upstream_client).await?
     } else {
         return_to_service(ctx, flow)?
     };
     resp.headers_mut()
         .insert(header::SET_COOKIE, set_cookie(ctx, "", 0));
     Ok(resp)
+}
+
+/// To the provider's logout with the ID token as hint; it returns to
+/// `/logout/callback`, which goes on as `flow` says.
+async fn upstream_redirect(
+    ctx: &Ctx,
+    flow: &LogoutFlow,
+    endpoint: &str,
+    hint: &str,
+    upstream_client: &str,
+) -> Result<Response, AppError> {
+    let fed = &ctx.fed;
+    let id = random_token(24);
+    ctx.app
+        .store
+        .put(
+            Kind::Logout,
+            &id,
+            &fed.id,
+            &serde_json::to_string(flow).map_err(AppError::internal)?,
+            ctx.now() + 600,
+        )
+        .await?;
+    let url = with_query(
+        endpoint,
+        &[
+            ("id_token_hint", hint),
+            (
+                "post_logout_redirect_uri",
+                fed.url("/logout/callback").as_str(),
+            ),
+            ("state", id.as_str()),
+            ("client_id", upstream_client),
+        ],
+    );
+    Ok(redirect(&url))
+}
+
+/// End the provider's session of a sign-in made for Relais' own pages on a
+/// screen that may not be the person's (a usager on an aidant's browser):
+/// the provider's logout, back to `/logout/callback`, then on to `page` (a
+/// page of Relais). None when the provider has no `end_session_endpoint`.
+pub(crate) async fn end_upstream_session(
+    ctx: &Ctx,
+    provider: &crate::federation::Upstream,
+    id_token: &str,
+    page: &str,
+    lang: Lang,
+) -> Result<Option<Response>, AppError> {
+    let Some(endpoint) = provider.end_session_endpoint() else {
+        return Ok(None);
+    };
+    let flow = LogoutFlow {
+        return_to: Some(page.to_string()),
+        state: None,
+        lang,
+        session: None,
+    };
+    tracing::info!(event = "upstream_logout", federation = %ctx.fed.id, provider = %provider.cfg.id, "ending the provider's session after a sign-in on a shared screen");
+    upstream_redirect(ctx, &flow, &endpoint, id_token, &provider.cfg.client_id)
+        .await
+        .map(Some)
 }
 
 fn return_to_service(ctx: &Ctx, flow: LogoutFlow) -> Result<Response, AppError> {

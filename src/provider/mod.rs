@@ -107,7 +107,8 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
             "/interaction/{id}/usager",
             get(usager::page).post(usager::revoke),
         )
-        .route("/callback", get(authorize::callback))
+        .route("/callback", get(authorize::legacy_callback))
+        .route("/callback/{provider}", get(authorize::callback))
         .route("/token", post(token::token))
         .route("/userinfo", get(token::userinfo).post(token::userinfo))
         .route(
@@ -231,6 +232,83 @@ pub fn set_cookie(ctx: &Ctx, value: &str, max_age: i64) -> HeaderValue {
         ctx.fed.cookie_name, value, ctx.fed.cookie_path, max_age, secure
     );
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+/// Providers at which this browser may still hold someone else's session:
+/// a usager signed in on it for Relais' own pages (mandate creation,
+/// `/usager`) at a provider without RP-initiated logout. The next sign-in
+/// through such a provider on this browser asks for a fresh authentication
+/// (`prompt=login`, `max_age=0`), so it is never silent single sign-on as
+/// that usager; a completed sign-in there takes the provider off the list.
+/// Kept in a cookie of its own (provider ids joined by `.`), which survives
+/// the broker and aidant sessions: the provider's session does too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relogin(Vec<String>);
+
+/// How long the mark lasts (provider sessions of unknown length).
+pub const RELOGIN_MAX_AGE_SECS: i64 = 180 * 86_400;
+
+impl Relogin {
+    fn name(fed: &Federation) -> String {
+        format!("{}_relogin", fed.cookie_name)
+    }
+
+    /// The mark, keeping only this federation's providers.
+    pub fn read(fed: &Federation, cookies: &Cookies) -> Relogin {
+        let mut ids: Vec<String> = Vec::new();
+        for id in cookies
+            .0
+            .get(&Self::name(fed))
+            .map(String::as_str)
+            .unwrap_or("")
+            .split('.')
+        {
+            if fed.provider(id).is_some() && !ids.iter().any(|x| x == id) {
+                ids.push(id.to_string());
+            }
+        }
+        Relogin(ids)
+    }
+
+    pub fn contains(&self, provider: &str) -> bool {
+        self.0.iter().any(|p| p == provider)
+    }
+
+    pub fn add(&mut self, provider: &str) {
+        if !self.contains(provider) {
+            self.0.push(provider.to_string());
+        }
+    }
+
+    pub fn remove(&mut self, provider: &str) {
+        self.0.retain(|p| p != provider);
+    }
+
+    /// Add the cookie to `resp` when the mark differs from `before`.
+    pub fn store_if_changed(&self, ctx: &Ctx, before: &Relogin, resp: &mut Response) {
+        if self == before {
+            return;
+        }
+        let secure = if ctx.app.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        let max_age = if self.0.is_empty() {
+            0
+        } else {
+            RELOGIN_MAX_AGE_SECS
+        };
+        let v = format!(
+            "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            Self::name(&ctx.fed),
+            self.0.join("."),
+            ctx.fed.cookie_path,
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
 }
 
 /// A session about to begin after an authentication: a new id (session

@@ -188,6 +188,12 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
         }
         (Lang::Fr, "access_denied") => "La connexion a été refusée ou annulée.",
         (Lang::Fr, "upstream_error") => "Le fournisseur d'identité a renvoyé une erreur.",
+        (Lang::Fr, "upstream_mixup") => {
+            "La réponse reçue ne vient pas du fournisseur d'identité choisi pour cette connexion : elle est refusée. Recommencez depuis le service."
+        }
+        (Lang::Fr, "callback_moved") => {
+            "Ce fournisseur d'identité renvoie vers une ancienne adresse de Relais : la connexion ne peut pas aboutir. Choisissez un autre fournisseur ou réessayez plus tard."
+        }
         (Lang::Fr, "upstream_unavailable") => {
             "Le fournisseur d'identité ne répond pas. Réessayez plus tard."
         }
@@ -222,6 +228,12 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
         (Lang::En, "csrf") => "The form has expired or is invalid. Start again from the service.",
         (Lang::En, "access_denied") => "The sign-in was refused or cancelled.",
         (Lang::En, "upstream_error") => "The identity provider returned an error.",
+        (Lang::En, "upstream_mixup") => {
+            "The answer received does not come from the identity provider chosen for this sign-in: it is refused. Start again from the service."
+        }
+        (Lang::En, "callback_moved") => {
+            "This identity provider returns to a former address of Relais: the sign-in cannot complete. Choose another provider or try again later."
+        }
         (Lang::En, "upstream_unavailable") => {
             "The identity provider does not answer. Try again later."
         }
