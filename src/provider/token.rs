@@ -283,7 +283,7 @@ fn no_store_json(body: String) -> Response {
 pub async fn token(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    body: String,
+    super::OAuthBody(body): super::OAuthBody,
 ) -> Result<Response, AppError> {
     let form = Params::parse(&body).map_err(|e| AppError::oauth("invalid_request", e))?;
     let client = authenticate(&ctx, &headers, &form).await?;

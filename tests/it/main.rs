@@ -11,6 +11,7 @@ mod faults;
 mod federations;
 mod flows;
 mod keys_cli;
+mod limits;
 mod mandates;
 mod multinode;
 mod negative;
