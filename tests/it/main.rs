@@ -16,5 +16,6 @@ mod mandates;
 mod multinode;
 mod negative;
 mod outage;
+mod rejections;
 mod serve;
 mod storage;
