@@ -497,9 +497,8 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
         ring,
     );
     let router = idp.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(idp_l, router).await;
-    });
+    crate::http_serve::raise_fd_limit();
+    crate::http_serve::spawn(idp_l, router, crate::http_serve::Limits::default());
 
     // Relais, as a child process.
     let db = opts

@@ -108,6 +108,18 @@ pub struct ServerConfig {
     /// Timeout of HTTP calls toward upstream providers, in milliseconds.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_ms: u64,
+    /// Seconds a client has to send a complete request head (request line
+    /// and headers), and to finish the TLS handshake.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds without a byte read or written after which a connection is
+    /// closed (idle keep-alive, stalled body, response not read).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; past it new ones get a `503` at once.
+    /// Default: half of the open files limit left after a reserve of 256.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 fn default_listen() -> String {
@@ -130,6 +142,12 @@ fn default_purge() -> u64 {
 }
 fn default_upstream_timeout() -> u64 {
     5000
+}
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -518,6 +536,15 @@ impl Config {
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             errs.push("server.tls_cert and server.tls_key go together".into());
+        }
+        if self.server.header_read_timeout_secs == 0 || self.server.idle_timeout_secs == 0 {
+            errs.push(
+                "server.header_read_timeout_secs and server.idle_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if self.server.max_connections == Some(0) {
+            errs.push("server.max_connections must be at least 1".into());
         }
         if !["text", "json"].contains(&self.server.log_format.as_str()) {
             errs.push("server.log_format must be \"text\" or \"json\"".into());

@@ -15,6 +15,7 @@ pub mod demo;
 
 pub mod error;
 pub mod federation;
+pub mod http_serve;
 pub mod identity;
 pub mod limits;
 pub mod mandates;
@@ -46,8 +47,17 @@ pub fn app(state: Arc<AppState>) -> Router {
             router.nest(&fed.prefix, r)
         };
     }
+    // The page of an unknown address is the HTML error page, in the
+    // first federation's look (the root one when there is one).
+    let base = state
+        .federations
+        .iter()
+        .find(|f| f.prefix.is_empty())
+        .or(state.federations.first())
+        .map(|f| f.base.clone());
     router
-        .fallback(not_found)
+        .fallback(move |headers: axum::http::HeaderMap| not_found(base.clone(), headers))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -65,8 +75,29 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     }
 }
 
-async fn not_found() -> Response {
-    (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
+/// Largest request body read (forms, token requests): far above what a
+/// form or a token request needs, small enough that thousands of
+/// connections cannot hold much memory. Past it: 413, in the route's error
+/// channel (see `provider::FormBody`, `provider::OAuthBody`).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+async fn not_found(base: Option<web::PageBase>, headers: axum::http::HeaderMap) -> Response {
+    match base {
+        Some(mut base) => {
+            let lang = provider::lang_from(&headers, None);
+            base.lang = lang.code();
+            error::AppError::Page {
+                status: axum::http::StatusCode::NOT_FOUND,
+                code: "not_found",
+                detail: None,
+                back: None,
+                base: Box::new(base),
+                lang,
+            }
+            .into_response()
+        }
+        None => (axum::http::StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }
 
 async fn security_headers(mut resp: Response) -> Response {

@@ -67,23 +67,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         (Some(c), Some(k)) => Some(tls_config(c, k)?),
         _ => None,
     };
-    let task = tokio::spawn(async move {
-        match tls {
-            None => {
-                // The client's address (ConnectInfo) is used by the aidant
-                // sign-in throttling.
-                if let Err(e) = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .await
-                {
-                    tracing::error!(error = %e, "server stopped");
-                }
-            }
-            Some(tls) => serve_tls(listener, app, tls).await,
-        }
-    });
+    crate::http_serve::raise_fd_limit();
+    let limits = crate::http_serve::Limits::from_config(&config.server);
+    tracing::debug!(?limits, "connection limits");
+    let task = tokio::spawn(crate::http_serve::serve(listener, app, limits, tls));
     Ok(Running { addr, state, task })
 }
 
@@ -139,48 +126,6 @@ fn tls_config(
         .map_err(|e| format!("TLS certificate: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
-}
-
-async fn serve_tls(listener: TcpListener, app: axum::Router, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    _ => {
-                        tracing::debug!(%peer, "TLS handshake failed");
-                        return;
-                    }
-                };
-            // The same ConnectInfo as on plain HTTP (aidant sign-in
-            // throttling), added to each request of the connection (the
-            // router itself is shared, not rebuilt per connection).
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(app.clone(), req)
-                },
-            );
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection error");
-            }
-        });
-    }
 }
 
 /// Load registry people from CSV text into the database; returns how many.

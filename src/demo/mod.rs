@@ -160,12 +160,10 @@ async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))
 }
 
-fn serve_on(l: tokio::net::TcpListener, router: axum::Router) {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router).await {
-            tracing::error!(error = %e, "demo server stopped");
-        }
-    });
+/// Serve a demo provider or service with the broker's timeouts and a
+/// small connection cap (they share the broker's process).
+fn serve_on(l: tokio::net::TcpListener, router: axum::Router, config: &Config) {
+    crate::http_serve::spawn(l, router, crate::http_serve::Limits::demo(&config.server));
 }
 
 impl Stack {
@@ -232,6 +230,7 @@ impl Stack {
         text.push_str(&extra(&urls));
         let config =
             Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
+        crate::http_serve::raise_fd_limit();
         // Keys for every federation; each demo provider accepts the
         // callback of every configured provider that points at it (one
         // redirect URI per provider), and every federation's logout return.
@@ -294,7 +293,7 @@ impl Stack {
             cfg.people = people;
             cfg.auto_login = opts.auto_login;
             let idp = DemoIdp::new(cfg, ring);
-            serve_on(l, idp.router());
+            serve_on(l, idp.router(), &config);
             idps.push(idp);
         }
         let svc = service::DemoService::new(
@@ -305,7 +304,7 @@ impl Stack {
             DEMO_CLIENT_SECRET,
             &["openid", "identite_pivot", "email", "idp_id"],
         )?;
-        serve_on(l_svc, svc.router());
+        serve_on(l_svc, svc.router(), &config);
         let agent_svc = service::DemoService::new(
             "Portail des agents (démo)",
             &urls.agent_service,
@@ -324,7 +323,7 @@ impl Stack {
                 "idp_acr",
             ],
         )?;
-        serve_on(l_asvc, agent_svc.router());
+        serve_on(l_asvc, agent_svc.router(), &config);
         let running = crate::server::start(&config, l_broker).await?;
         Ok(Stack {
             urls,

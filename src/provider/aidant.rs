@@ -4,7 +4,9 @@
 //! then receives the usager's identity plus `act` and `mandate` claims.
 
 use super::authorize::{check_csrf, load_interaction, Interaction};
-use super::{load_session, Authn, Cookies, Ctx, Delegation, Params, SessionData};
+use super::{
+    load_session, Authn, Cookies, Ctx, Delegation, FormBody, Params, Segment, SessionData,
+};
 use crate::config::Profile;
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
@@ -12,7 +14,7 @@ use crate::identity::pairwise_sub;
 use crate::state::Client;
 use crate::store::Kind;
 use crate::web::Lang;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -220,7 +222,7 @@ fn login_form(
 /// GET `/interaction/{id}/aidant`: the aidant sign-in form.
 pub async fn login_page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -247,11 +249,11 @@ pub async fn login_page(
 /// POST `/interaction/{id}/aidant`: e-mail, password and TOTP code.
 pub async fn login_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
     guard: SignInGuard,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();
@@ -372,7 +374,7 @@ struct UsagerView {
 /// both active and accepted by the service.
 pub async fn usagers_page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -431,10 +433,10 @@ pub async fn usagers_page(
 /// POST `/interaction/{id}/aidant/usagers`: `choice` = `<mandate id>:<domain>`.
 pub async fn usagers_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();

@@ -16,7 +16,7 @@ use crate::identity::{
 use crate::state::Client;
 use crate::store::Kind;
 use crate::web::Lang;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ pub async fn authorize_post(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    super::FormBody(body): super::FormBody,
 ) -> Response {
     authorize(ctx, cookies, headers, body).await
 }
@@ -631,10 +631,10 @@ async fn agent_next(
 
 pub async fn email_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    super::FormBody(body): super::FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();
@@ -777,7 +777,7 @@ struct ProviderView {
 
 pub async fn choose_page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -841,7 +841,7 @@ pub async fn choose_page(
 
 pub async fn abort(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -855,10 +855,10 @@ pub async fn abort(
 
 pub async fn choose_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    super::FormBody(body): super::FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();
@@ -915,7 +915,7 @@ pub async fn legacy_callback(State(ctx): State<Ctx>, headers: HeaderMap) -> AppE
 /// (`{issuer}/callback/{provider id}`).
 pub async fn callback(
     State(ctx): State<Ctx>,
-    Path(path_provider): Path<String>,
+    super::Segment(path_provider): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -1217,7 +1217,7 @@ fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
 
 pub async fn consent_page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -1277,10 +1277,10 @@ fn display_value(authn: &Authn, claim: &str) -> Option<String> {
 
 pub async fn consent_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    super::Segment(id): super::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    super::FormBody(body): super::FormBody,
 ) -> Result<Response, AppError> {
     // Single use: the interaction ends here. It is taken at once (one
     // statement on the sign-in's hot path instead of a read then a delete),

@@ -9,11 +9,11 @@
 
 use super::aidant::SignInGuard;
 use super::mandate_new::citizen_only;
-use super::{lang_from, Ctx, Params};
+use super::{lang_from, Ctx, FormBody, Params, Segment};
 use crate::error::AppError;
 use crate::mandates::{cli::utc, LoginError, PendingEnrolment, TotpKey};
 use crate::web::Lang;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -187,7 +187,7 @@ fn code_form(
 /// `GET /aidant/enrolment/{token}`: the password form.
 pub async fn page(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
@@ -199,10 +199,10 @@ pub async fn page(
 /// the secret) or `step=code` (the proof and a first code; enrols).
 pub async fn submit(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
     guard: SignInGuard,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;

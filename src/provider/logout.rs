@@ -57,7 +57,7 @@ pub async fn end_session_post(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    super::FormBody(body): super::FormBody,
 ) -> Result<Response, AppError> {
     // Either a service posting the logout request, or the confirmation form.
     let form = Params::parse(&body).unwrap_or_default();

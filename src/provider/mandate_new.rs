@@ -11,7 +11,7 @@
 use super::aidant::{AidantStep, SignInGuard};
 use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
 use super::{lang_from, load_session, session_key, set_cookie, Cookies, Ctx, Params};
-use super::{NewSession, SessionData};
+use super::{FormBody, NewSession, Segment, SessionData};
 use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, AppError};
@@ -19,7 +19,7 @@ use crate::identity::PivotIdentity;
 use crate::mandates::{journal::sha256_hex, Mandate, NewMandate, Organisation, Salt};
 use crate::store::Kind;
 use crate::web::Lang;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -405,7 +405,7 @@ pub async fn switch_submit(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     let Some((form, sid, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
@@ -443,7 +443,7 @@ pub async fn logout_submit(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
@@ -642,7 +642,7 @@ pub async fn login_submit(
     cookies: Cookies,
     headers: HeaderMap,
     guard: SignInGuard,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;
@@ -721,7 +721,7 @@ pub async fn draft_submit(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     let Some((form, sid, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
@@ -844,7 +844,7 @@ async fn recap(
 /// GET `/interaction/{id}/mandat`: the recap, after the usager's sign-in.
 pub async fn recap_page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -856,11 +856,11 @@ pub async fn recap_page(
 /// that the usager was informed and agreed; the mandate is created.
 pub async fn recap_submit(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
     guard: SignInGuard,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();
@@ -1075,10 +1075,10 @@ pub fn revocation_hash(m: &Mandate, org: &Organisation) -> String {
 /// `domain`. Needs a fresh sign-in (else the TOTP code is asked again).
 pub async fn revoke_submit(
     State(ctx): State<Ctx>,
-    Path(mid): Path<String>,
+    Segment(mid): Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     let Some((form, _, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
@@ -1096,7 +1096,7 @@ pub async fn revoke_submit(
 /// GET `/aidant/mandats/{mid}/revocation`: printable revocation attestation.
 pub async fn revocation(
     State(ctx): State<Ctx>,
-    Path(mid): Path<String>,
+    Segment(mid): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -1133,7 +1133,7 @@ pub async fn revocation(
 /// aidant of the mandate's organisation.
 pub async fn attestation(
     State(ctx): State<Ctx>,
-    Path(mid): Path<String>,
+    Segment(mid): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -1310,7 +1310,7 @@ async fn renewal_recap(
 /// usager, organisation and domains; the original duration).
 pub async fn renew_page(
     State(ctx): State<Ctx>,
-    Path(mid): Path<String>,
+    Segment(mid): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -1327,11 +1327,11 @@ pub async fn renew_page(
 /// and the renewal journalled (`mandate.renewed`).
 pub async fn renew_submit(
     State(ctx): State<Ctx>,
-    Path(mid): Path<String>,
+    Segment(mid): Segment,
     cookies: Cookies,
     headers: HeaderMap,
     guard: SignInGuard,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     citizen_only(&ctx, lang)?;

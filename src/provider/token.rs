@@ -405,7 +405,7 @@ pub async fn token(
     State(ctx): State<Ctx>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    body: String,
+    super::OAuthBody(body): super::OAuthBody,
 ) -> Result<Response, AppError> {
     let form = Params::parse(&body).map_err(|e| AppError::oauth("invalid_request", e))?;
     let client = authenticate(&ctx, &headers, &form, address).await?;

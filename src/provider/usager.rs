@@ -11,13 +11,13 @@ use super::mandate_new::{
     auth_views, citizen_only, not_found, put_interaction, revoke as revoke_mandate, session_or_new,
     AuthView,
 };
-use super::{lang_from, set_cookie, Cookies, Ctx, Params};
+use super::{lang_from, set_cookie, Cookies, Ctx, FormBody, Params, Segment};
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
 use crate::identity::PivotIdentity;
 use crate::mandates::journal::Event;
 use crate::mandates::{Actor, Salt};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
@@ -115,7 +115,7 @@ struct MandateView {
 /// GET `/interaction/{id}/usager`: every mandate about the signed-in person.
 pub async fn page(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -181,10 +181,10 @@ pub async fn page(
 /// whole mandate; only a mandate about the signed-in person.
 pub async fn revoke(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    body: String,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let (inter, usager) = signed_in(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();

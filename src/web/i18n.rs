@@ -218,6 +218,7 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
         (Lang::Fr, "invalid_email") => "L'adresse électronique n'est pas valide.",
         (Lang::Fr, "mandate_refused") => "Ce mandat ne permet pas d'agir pour cet usager auprès de ce service : il a expiré, a été révoqué, ne couvre pas cette démarche ou n'appartient pas à votre structure.",
         (Lang::Fr, "too_many_attempts") => "Trop de tentatives de connexion. Réessayez plus tard.",
+        (Lang::Fr, "request_too_large") => "La demande est trop volumineuse.",
         (Lang::Fr, "server_error") => "Erreur interne. Réessayez plus tard.",
         (Lang::Fr, _) => "La demande n'est pas valide.",
         (Lang::En, "invalid_client") => "This service is not known to Relais.",
@@ -258,6 +259,7 @@ pub fn error_text(lang: Lang, code: &str) -> &'static str {
         (Lang::En, "invalid_email") => "The email address is not valid.",
         (Lang::En, "mandate_refused") => "This mandate does not allow acting for this usager at this service: it expired, was revoked, does not cover this procedure or does not belong to your organisation.",
         (Lang::En, "too_many_attempts") => "Too many sign-in attempts. Try again later.",
+        (Lang::En, "request_too_large") => "The request is too large.",
         (Lang::En, "server_error") => "Internal error. Try again later.",
         (Lang::En, _) => "The request is not valid.",
     }
