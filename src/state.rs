@@ -115,6 +115,17 @@ impl AppState {
     }
 }
 
+/// The session cookie's name. Over https it carries a prefix a sibling
+/// subdomain cannot plant (cookie tossing): `__Host-` for a federation at
+/// `/` (no `Domain`, `Path=/`, `Secure`), `__Secure-` otherwise.
+pub fn cookie_name(federation: &str, prefix: &str, secure: bool) -> String {
+    match (secure, prefix.is_empty()) {
+        (true, true) => format!("__Host-relais_{federation}"),
+        (true, false) => format!("__Secure-relais_{federation}"),
+        (false, _) => format!("relais_{federation}"),
+    }
+}
+
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .use_rustls_tls()
@@ -146,6 +157,7 @@ fn sector_of(c: &ClientConfig) -> String {
 
 /// Build the state: open keys, hash plaintext secrets, prepare providers.
 pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
+    let secure_cookies = config.server.public_url.starts_with("https://");
     let http = http_client(Duration::from_millis(config.server.upstream_timeout_ms))?;
     let mut federations = Vec::new();
     for (id, f) in &config.federations {
@@ -221,7 +233,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         federations.push(Arc::new(Federation {
             id: id.clone(),
             issuer: f.issuer.clone(),
-            cookie_name: format!("relais_{id}"),
+            cookie_name: cookie_name(id, &prefix, secure_cookies),
             cookie_path: if prefix.is_empty() {
                 "/".into()
             } else {
@@ -244,7 +256,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         http,
         secrets: VerifiedCache::new(10_000),
         federations,
-        secure_cookies: config.server.public_url.starts_with("https://"),
+        secure_cookies,
         trust_forwarded: config.server.trust_forwarded_headers,
         journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
         totp_key,

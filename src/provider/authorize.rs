@@ -200,6 +200,16 @@ pub async fn authorize_post(
     headers: HeaderMap,
     super::FormBody(body): super::FormBody,
 ) -> Response {
+    // A cross-site POST (a service's auto-submitted form) arrives without
+    // the SameSite=Lax session cookie even when the browser has one; the
+    // response must not replace it. The same request as a GET (a top-level
+    // navigation, which carries the cookie) is handled instead.
+    if !cookies.has_session_cookie(&ctx.fed) {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(url::form_urlencoded::parse(body.as_bytes()))
+            .finish();
+        return redirect(&format!("{}?{query}", ctx.fed.url("/authorize")));
+    }
     authorize(ctx, cookies, headers, body).await
 }
 
@@ -208,6 +218,36 @@ async fn authorize(ctx: Ctx, cookies: Cookies, headers: HeaderMap, raw: String) 
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// The longest value accepted for each authorization request parameter that
+/// is echoed, forwarded upstream or stored (in characters of the decoded
+/// value). Checked before anything is written.
+pub const PARAMETER_LIMITS: &[(&str, usize)] = &[
+    ("state", 512),
+    ("nonce", 512),
+    ("login_hint", 254),
+    ("idp_hint", 64),
+    ("siret_hint", 14),
+    ("ui_locales", 64),
+    ("acr_values", 256),
+    ("claims", 4096),
+    ("scope", 1024),
+    ("prompt", 64),
+    ("max_age", 10),
+    ("code_challenge", 128),
+    ("code_challenge_method", 16),
+    ("response_type", 32),
+    ("response_mode", 32),
+    ("id_token_hint", 16_384),
+];
+
+/// The first parameter over its limit in [`PARAMETER_LIMITS`], with the limit.
+pub fn over_long(params: &Params) -> Option<(&'static str, usize)> {
+    PARAMETER_LIMITS
+        .iter()
+        .find(|(name, max)| params.get(name).is_some_and(|v| v.chars().count() > *max))
+        .copied()
 }
 
 /// Validate the request: client and redirect URI first (HTML errors), then
@@ -242,6 +282,17 @@ fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppEr
         claims: ClaimsRequest::default(),
     };
     // From here on, errors go back to the service.
+    if let Some((name, max)) = over_long(params) {
+        if name == "state" {
+            // Not echoed: an over-long state would make the redirect huge.
+            req.state = None;
+        }
+        return Err(ctx.redirect_error(
+            &req,
+            "invalid_request",
+            format!("{name} is too long (at most {max} characters)"),
+        ));
+    }
     match params.get("response_type") {
         Some("code") => {}
         Some(_) => {

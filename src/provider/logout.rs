@@ -64,6 +64,17 @@ pub async fn end_session_post(
     if form.get("decision") == Some("logout") {
         return confirm(ctx, cookies, headers, form).await;
     }
+    // A service's cross-site POST arrives without the SameSite=Lax session
+    // cookie: the same request as a GET (a top-level navigation carries it).
+    if !cookies.has_session_cookie(&ctx.fed) {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(url::form_urlencoded::parse(body.as_bytes()))
+            .finish();
+        return Ok(redirect(&format!(
+            "{}?{query}",
+            ctx.fed.url("/session/end")
+        )));
+    }
     end_session(ctx, cookies, headers, body).await
 }
 
@@ -75,6 +86,17 @@ async fn end_session(
 ) -> Result<Response, AppError> {
     let params = Params::parse(&raw).unwrap_or_default();
     let lang = lang_from(&headers, params.get("ui_locales"));
+    // Bounded before anything is verified, stored or echoed.
+    let too_long = [
+        ("state", 512),
+        ("id_token_hint", 16_384),
+        ("client_id", 256),
+    ]
+    .iter()
+    .any(|(k, max)| params.get(k).is_some_and(|v| v.len() > *max));
+    if too_long {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_request", None));
+    }
     let client_id = params
         .get("id_token_hint")
         .and_then(|h| verify_hint(&ctx, h));
@@ -108,13 +130,14 @@ async fn end_session(
     let state = params.get("state").map(str::to_string);
     // The hint must name this browser's session; a hint from another session
     // (someone else's token) only earns a confirmation page.
+    // A session row without a matching sign-in (an aidant's session, or a
+    // citizen's of another sign-in) is not the hint's either: confirmation.
     if let Some(sid) = cookies.session_id(fed) {
-        let current = load_session(&ctx, &sid)
-            .await?
-            .and_then(|s| s.authn)
-            .map(|a| a.sid);
-        if current.is_some() && current != hint_sid {
-            return ask_confirmation(&ctx, &cookies, lang, return_to, state).await;
+        if let Some(session) = load_session(&ctx, &sid).await? {
+            let current = session.authn.map(|a| a.sid);
+            if current.is_none() || current != hint_sid {
+                return ask_confirmation(&ctx, &cookies, lang, return_to, state).await;
+            }
         }
     }
     let flow = LogoutFlow {
@@ -136,12 +159,29 @@ async fn ask_confirmation(
     state: Option<String>,
 ) -> Result<Response, AppError> {
     let fed = &ctx.fed;
+    // Nothing to end on this browser: say so, and write nothing (an
+    // anonymous request must not create rows).
+    let session = match cookies.session_id(fed) {
+        Some(sid) if load_session(ctx, &sid).await?.is_some() => Some(sid),
+        _ => None,
+    };
+    if session.is_none() {
+        return return_to_service(
+            ctx,
+            LogoutFlow {
+                return_to: None,
+                state: None,
+                lang,
+                session: None,
+            },
+        );
+    }
     let id = random_token(24);
     let flow = LogoutFlow {
         return_to,
         state,
         lang,
-        session: cookies.session_id(fed),
+        session,
     };
     ctx.app
         .store
@@ -208,8 +248,12 @@ async fn finish_logout(
     } else {
         return_to_service(ctx, flow)?
     };
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(ctx, "", 0));
+    // Cleared only when the request carried it (never on a request that
+    // arrived without it: that browser may still have it).
+    if cookies.has_session_cookie(fed) {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, set_cookie(ctx, "", 0));
+    }
     Ok(resp)
 }
 

@@ -119,6 +119,28 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         .route("/static/relais.css", get(relais_css))
         .route("/static/theme.css", get(theme_css))
         .with_state(ctx)
+        .layer(axum::middleware::from_fn(head_changes_nothing))
+}
+
+/// HEAD is answered only where GET reads nothing but public documents
+/// (discovery, JWKS, style sheets). Elsewhere a GET may start or end a
+/// sign-in, so HEAD (which axum would route to it) gets 405 and changes
+/// nothing.
+async fn head_changes_nothing(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let public = path.ends_with("/.well-known/openid-configuration")
+        || path.ends_with("/jwks")
+        || path.contains("/static/");
+    if req.method() == axum::http::Method::HEAD && !public {
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 impl Ctx {
@@ -273,30 +295,52 @@ impl FromRequestParts<Ctx> for Segment {
     }
 }
 
-/// The browser's session cookie, if any.
+/// The browser's cookies. A name sent twice (a cookie planted with a
+/// narrower path or a parent domain beside ours: cookie tossing) counts as
+/// absent: neither value is trusted.
 pub struct Cookies(pub HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Cookies {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let mut map = HashMap::new();
-        for v in parts.headers.get_all(header::COOKIE) {
-            if let Ok(s) = v.to_str() {
-                for pair in s.split(';') {
-                    if let Some((k, v)) = pair.trim().split_once('=') {
-                        map.entry(k.to_string()).or_insert_with(|| v.to_string());
-                    }
-                }
-            }
-        }
-        Ok(Cookies(map))
+        Ok(Cookies::parse(
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ))
     }
 }
 
 impl Cookies {
+    /// Parse `Cookie` header values; names present more than once are dropped.
+    pub fn parse<'a>(headers: impl Iterator<Item = &'a str>) -> Cookies {
+        let mut map = HashMap::new();
+        let mut twice = std::collections::HashSet::new();
+        for s in headers {
+            for pair in s.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=') {
+                    if map.insert(k.to_string(), v.to_string()).is_some() {
+                        twice.insert(k.to_string());
+                    }
+                }
+            }
+        }
+        for k in &twice {
+            map.remove(k);
+        }
+        Cookies(map)
+    }
+
     /// The database id of the session named by this federation's cookie.
     pub fn session_id(&self, fed: &Federation) -> Option<String> {
         self.0.get(&fed.cookie_name).map(|v| session_key(v))
+    }
+
+    /// Whether the request carried this federation's session cookie.
+    pub fn has_session_cookie(&self, fed: &Federation) -> bool {
+        self.0.contains_key(&fed.cookie_name)
     }
 }
 
@@ -620,4 +664,31 @@ async fn theme_css(State(ctx): State<Ctx>) -> Response {
         crate::web::theme_css(t.primary_color.as_deref(), t.extra_css.as_deref()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cookies;
+
+    #[test]
+    fn a_cookie_name_sent_twice_counts_as_absent() {
+        let c =
+            Cookies::parse(["a=1; relais_citizen=mine", "relais_citizen=planted; b=2"].into_iter());
+        assert!(!c.0.contains_key("relais_citizen"));
+        assert_eq!(c.0.get("a").map(String::as_str), Some("1"));
+        assert_eq!(c.0.get("b").map(String::as_str), Some("2"));
+        let c = Cookies::parse(["relais_citizen=mine"].into_iter());
+        assert_eq!(c.0.get("relais_citizen").map(String::as_str), Some("mine"));
+    }
+
+    #[test]
+    fn cookie_prefixes() {
+        use crate::state::cookie_name;
+        assert_eq!(cookie_name("citizen", "", true), "__Host-relais_citizen");
+        assert_eq!(
+            cookie_name("agent", "/agent", true),
+            "__Secure-relais_agent"
+        );
+        assert_eq!(cookie_name("citizen", "", false), "relais_citizen");
+    }
 }

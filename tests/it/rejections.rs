@@ -200,7 +200,13 @@ async fn no_route_answers_a_text_plain_rejection() {
                         Some(b) => http.post(&url).header("content-type", FORM).body(b),
                         None => http.get(&url),
                     };
-                    let resp = req.send().await.unwrap();
+                    let resp = match req.send().await {
+                        Ok(r) => r,
+                        // An oversized body may be cut by the server's early
+                        // 413 (the connection closes before it is all sent).
+                        Err(_) if size.is_some_and(|n| n > relais::BODY_LIMIT) => continue,
+                        Err(e) => panic!("{method} {url}: {e}"),
+                    };
                     let (status, ct) = (resp.status().as_u16(), content_type(&resp));
                     if ct.starts_with("text/plain") || status >= 500 {
                         failures.push(format!("{method} {url} (body {size:?}): {status} {ct}"));

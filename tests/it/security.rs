@@ -350,6 +350,7 @@ async fn attacker_values_never_forge_log_lines() {
     callback
         .query_pairs_mut()
         .append_pair("state", &q["state"])
+        .append_pair("iss", upstream.split("/authorize").next().unwrap())
         .append_pair("error", "access_denied\nINJECTED-1 ERROR forged line");
     let callback = callback.to_string().replace("%5Cn", "%0A");
     let _ = http.get(&callback).send().await.unwrap();
@@ -722,4 +723,213 @@ async fn consent_post_for_an_own_sign_in_is_not_a_500() {
         assert_eq!(status, 200);
         env.cleanup().await;
     }
+}
+
+/// Defect 7: a cross-site logout request cannot end a session it does not
+/// name (a session row holding only an aidant's sign-in asks for
+/// confirmation), and a request that arrives without the session cookie (a
+/// cross-site POST) never sets or clears it: `/authorize` and
+/// `/session/end` POSTed without it are turned into the same request as a
+/// GET, which the browser sends with its cookie.
+#[tokio::test]
+async fn cross_site_logout_and_cookieless_posts() {
+    use relais::demo::aidants::*;
+    for db in databases() {
+        let env = Env::start_with(db, String::new(), vec![], false).await;
+        seed(&env.stack).await.unwrap();
+        let broker = env.broker().to_string();
+        let rp = Rp::demo(&env).await;
+        // An ID token of someone else's sign-in.
+        let other = Browser::new();
+        let auth = rp.authorize(&["openid", "profile"], &[]);
+        let arrived = sign_in(&other, &auth.url, &rp.redirect_uri, "impots", "angela").await;
+        let tokens = rp
+            .exchange(&rp.code_from(&arrived, &auth), &auth)
+            .await
+            .unwrap();
+        // A browser with only an aidant sign-in.
+        let aidant = Browser::new();
+        env.stack.state.advance_clock(30);
+        let (url, _, html) = aidant
+            .go(&format!("{broker}/aidant"), "/never")
+            .await
+            .page();
+        let (action, mut fields) = form(&html);
+        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
+        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
+        fields.push((
+            "totp".into(),
+            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap(),
+        ));
+        let (_, status, html) = aidant
+            .post(&absolute_on(&broker, &url, &action), &fields, "/never")
+            .await
+            .page();
+        assert_eq!(status, 200, "{html}");
+        let logout = relais::error::with_query(
+            &format!("{broker}/session/end"),
+            &[("id_token_hint", &tokens.id_token)],
+        );
+        let (_, status, html) = aidant.go(&logout, "/never").await.page();
+        assert_eq!(status, 200);
+        assert!(
+            html.contains("name=\"decision\""),
+            "confirmation asked: {html}"
+        );
+        let (_, status, html) = aidant
+            .go(&format!("{broker}/aidant"), "/never")
+            .await
+            .page();
+        assert_eq!(status, 200);
+        assert!(html.contains("mandate-draft"), "still signed in: {html}");
+
+        // Cookieless POSTs: a 303 to the same request as a GET, no cookie set
+        // or cleared.
+        let bare = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let auth = rp.authorize(&["openid"], &[]);
+        let query = auth.url.split_once('?').unwrap().1.to_string();
+        let r = bare
+            .post(format!("{broker}/authorize"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(query.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert!(r.headers().get("set-cookie").is_none());
+        let location = r.headers()["location"].to_str().unwrap();
+        assert!(
+            location.starts_with(&format!("{broker}/authorize?")),
+            "{location}"
+        );
+        let sent: std::collections::BTreeMap<String, String> =
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+        let got: std::collections::BTreeMap<String, String> = reqwest::Url::parse(location)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        assert_eq!(sent, got, "the same parameters");
+        let r = bare
+            .post(format!("{broker}/session/end"))
+            .form(&[("id_token_hint", tokens.id_token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert!(r.headers().get("set-cookie").is_none(), "nothing cleared");
+        // The other browser's session is intact.
+        let auth = rp.authorize(&["openid"], &[("prompt", "none")]);
+        assert!(other
+            .go(&auth.url, &rp.redirect_uri)
+            .await
+            .arrived()
+            .contains("code="));
+        env.cleanup().await;
+    }
+}
+
+/// Defect 15: parameters that are echoed, forwarded or stored are bounded
+/// and refused before anything is written; an over-long `state` is not
+/// echoed; an anonymous `/session/end` writes no row (nothing to end: the
+/// signed-out page, no confirmation form).
+/// Defect 17: HEAD changes nothing (405 outside the public documents).
+#[tokio::test]
+async fn bounded_parameters_and_harmless_anonymous_requests() {
+    let env = Env::start(None).await;
+    let broker = env.broker().to_string();
+    let rp = Rp::demo(&env).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let long_state = "s".repeat(600);
+    let cases: Vec<(&str, String)> = vec![
+        ("state", long_state.clone()),
+        ("login_hint", format!("{}@example.test", "a".repeat(300))),
+        ("nonce", "n".repeat(600)),
+        ("ui_locales", "fr ".repeat(40)),
+        ("acr_values", "eidas1 ".repeat(60)),
+        (
+            "claims",
+            format!("{{\"id_token\":{{\"{}\":null}}}}", "k".repeat(5000)),
+        ),
+    ];
+    for (name, value) in &cases {
+        let auth = rp.authorize(&["openid"], &[]);
+        let mut u = reqwest::Url::parse(&auth.url).unwrap();
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != name)
+            .collect();
+        u.query_pairs_mut()
+            .clear()
+            .extend_pairs(pairs)
+            .append_pair(name, value);
+        let r = http.get(u.as_str()).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{name}");
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "{name}: nothing written"
+        );
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&rp.redirect_uri), "{name}: {location}");
+        assert!(
+            location.contains("error=invalid_request"),
+            "{name}: {location}"
+        );
+        assert!(
+            location.len() < 1024,
+            "{name}: nothing long echoed ({})",
+            location.len()
+        );
+        if *name == "state" {
+            assert!(!location.contains(&long_state));
+        }
+    }
+    // Logout: an over-long state is refused, an anonymous request shows the
+    // signed-out page (no confirmation form: no row).
+    let r = http
+        .get(format!("{broker}/session/end?state={}", "x".repeat(600)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!("{broker}/session/end"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("name=\"decision\""), "{html}");
+    // HEAD: public documents yes, anything else 405 and no effect.
+    let browser = Browser::new();
+    let auth = rp.authorize(&["openid"], &[]);
+    let (choice, status, _) = browser.go(&auth.url, "/never").await.page();
+    assert_eq!(status, 200);
+    for path in ["/.well-known/openid-configuration", "/jwks"] {
+        let r = http.head(format!("{broker}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    for url in [
+        format!("{choice}/abort"),
+        format!("{broker}/session/end"),
+        format!("{broker}/usager"),
+        auth.url.clone(),
+    ] {
+        let r = browser.http.head(&url).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{url}");
+    }
+    // The sign-in was not ended by the HEAD of its abort link.
+    let (_, status, html) = browser.go(&choice, "/never").await.page();
+    assert_eq!(status, 200);
+    assert!(html.contains("name=\"provider\""), "{html}");
+    env.cleanup().await;
 }

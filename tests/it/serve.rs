@@ -93,6 +93,30 @@ async fn https_with_rustls_and_secure_cookies() {
     assert_eq!(resp.status(), 303);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // A federation at / over https: the __Host- prefix (a sibling subdomain
+    // cannot plant such a cookie), Path=/.
+    assert!(cookie.starts_with("__Host-relais_citizen="), "{cookie}");
+    assert!(cookie.contains("Path=/;"), "{cookie}");
+    let value = cookie.split(';').next().unwrap().to_string();
+    // The browser's own cookie is reused (no new one)…
+    let resp = client
+        .get(&url)
+        .header("cookie", &value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers().get("set-cookie").is_none());
+    // …but the same name twice (one planted beside it) counts as none.
+    let tossed = format!("{value}; __Host-relais_citizen=planted");
+    let resp = client
+        .get(&url)
+        .header("cookie", tossed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers().get("set-cookie").is_some(), "a fresh cookie");
     // Plain HTTP on the TLS port is not served.
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
