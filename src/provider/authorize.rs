@@ -220,6 +220,11 @@ async fn authorize(ctx: Ctx, cookies: Cookies, headers: HeaderMap, raw: String) 
     }
 }
 
+/// Sign-ins a browser may start within one interaction lifetime
+/// (`interaction_ttl_secs`): past it, `/authorize` answers 429 and writes
+/// nothing.
+pub const MAX_PENDING_PER_BROWSER: i64 = 100;
+
 /// The longest value accepted for each authorization request parameter that
 /// is echoed, forwarded upstream or stored (in characters of the decoded
 /// value). Checked before anything is written.
@@ -591,6 +596,30 @@ async fn authorize_inner(
             (sid, false, None)
         }
     };
+    // A bounded number of sign-ins started per browser within an
+    // interaction's lifetime (a fresh browser has none yet).
+    if set_new_cookie.is_none() {
+        let limit = crate::limits::Limit {
+            max: MAX_PENDING_PER_BROWSER,
+            window_secs: fed.cfg.interaction_ttl_secs.max(1),
+        };
+        let key = format!("pending:{}:{session_id}", fed.id);
+        if ctx
+            .app
+            .throttle
+            .try_reserve(&ctx.app.store, &key, limit, ctx.now())
+            .await?
+            .is_none()
+        {
+            tracing::warn!(event = "authorize_refused", federation = %fed.id, reason = "too many pending sign-ins in one browser", "authorize refused");
+            return Err(ctx.page_error(
+                req.lang,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                None,
+            ));
+        }
+    }
     let id = random_token(24);
     let mut inter = Interaction {
         req,

@@ -927,6 +927,26 @@ async fn bounded_parameters_and_harmless_anonymous_requests() {
         let r = browser.http.head(&url).send().await.unwrap();
         assert_eq!(r.status(), 405, "{url}");
     }
+    // A bounded number of sign-ins started per browser (the first request
+    // above had no cookie yet; the choice page GET is not a start).
+    let mut last = 0;
+    for i in 0..relais::provider::authorize::MAX_PENDING_PER_BROWSER {
+        let r = browser
+            .http
+            .get(&rp.authorize(&["openid"], &[]).url)
+            .send()
+            .await
+            .unwrap();
+        last = r.status().as_u16();
+        assert_eq!(last, 303, "start {i}");
+    }
+    let r = browser
+        .http
+        .get(&rp.authorize(&["openid"], &[]).url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((last, r.status().as_u16()), (303, 429), "past the bound");
     // The sign-in was not ended by the HEAD of its abort link.
     let (_, status, html) = browser.go(&choice, "/never").await.page();
     assert_eq!(status, 200);
