@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod demo;

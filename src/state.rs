@@ -9,7 +9,6 @@ use crate::store::Store;
 use crate::web::PageBase;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,22 +95,14 @@ pub struct AppState {
     pub argon2: Arc<crate::crypto::gate::Argon2Gate>,
     /// Failed-attempt counters (`/token`, aidant sign-ins), in the store.
     pub throttle: crate::limits::Throttle,
-    clock_offset: AtomicI64,
+    /// The one clock (`crate::clock`).
+    pub clock: crate::clock::Clock,
 }
 
 impl AppState {
-    /// Unix seconds, plus the test clock offset.
+    /// Unix seconds now, from the application's clock.
     pub fn now(&self) -> i64 {
-        let real = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        real + self.clock_offset.load(Ordering::Relaxed)
-    }
-
-    /// Move the clock forward (tests of expiry and max_age).
-    pub fn advance_clock(&self, secs: i64) {
-        self.clock_offset.fetch_add(secs, Ordering::Relaxed);
+        self.clock.now()
     }
 }
 
@@ -262,6 +253,6 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         totp_key,
         aidant_domains: config.aidants.domains.clone(),
         throttle: Default::default(),
-        clock_offset: AtomicI64::new(0),
+        clock: Default::default(),
     })
 }

@@ -276,10 +276,7 @@ fn write_key(dir: &Path, status: KeyStatus, alg: Alg) -> Result<PathBuf, KeyErro
     std::fs::create_dir_all(&sub).map_err(|e| KeyError::Io(sub.clone(), e))?;
     let der = generate_pkcs8(alg)?;
     let key = SigningKey::from_pkcs8(alg, &der)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::clock::system_now();
     let short: String = key.kid.chars().take(8).collect();
     let path = sub.join(format!("{alg}-{now}-{short}.pem"));
     let tmp = sub.join(format!(".{alg}-{now}-{short}.tmp"));

@@ -248,11 +248,10 @@ impl std::fmt::Debug for DemoIdp {
     }
 }
 
+/// The demo provider is another system: its own clock, the system's (the
+/// broker's test clock does not move it).
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(crate::clock::system_now()).unwrap_or(0)
 }
 
 fn hex(bytes: &[u8]) -> String {

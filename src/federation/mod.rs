@@ -588,10 +588,7 @@ impl Upstream {
         let key = set
             .signer(alg)
             .ok_or_else(|| UpstreamError::Config(format!("no active {alg} key")))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::clock::system_now();
         let claims = serde_json::json!({
             "iss": self.cfg.client_id, "sub": self.cfg.client_id, "aud": token_url,
             "jti": crate::crypto::random_token(16), "iat": now, "exp": now + 60,

@@ -12,10 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Unix seconds now.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::system_now()
 }
 
 /// The deployment's journal salt: `{keys_dir}/journal-salt`, created on

@@ -130,7 +130,7 @@ async fn rp(env: &Env) -> Rp {
 /// A fresh TOTP code: the clock moves one step first, so no code is ever
 /// reused by accident within a test.
 fn fresh_code(env: &Env, secret: &str) -> String {
-    env.stack.state.advance_clock(30);
+    env.stack.state.clock.advance(30);
     totp::code_at(secret, env.stack.state.now()).unwrap()
 }
 
@@ -371,7 +371,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
         // The authorisation runs out a few seconds from now; ten seconds
         // later, the code (still fresh) and the access token are refused.
         expire_soon(store, &m.id, env.stack.state.now() + 5).await;
-        env.stack.state.advance_clock(10);
+        env.stack.state.clock.advance(10);
         assert_eq!(
             rp.exchange(&code, &auth).await.unwrap_err(),
             "invalid_grant"
@@ -611,7 +611,7 @@ async fn fresh_aidant_session_is_reused_for_15_minutes() {
             .unwrap();
 
         // Same browser, a few minutes later: straight to the usagers.
-        env.stack.state.advance_clock(5 * 60);
+        env.stack.state.clock.advance(5 * 60);
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, html) = choice_page(&browser, &auth.url).await;
         assert!(html.contains("aidant-entry"), "{html}");
@@ -631,7 +631,7 @@ async fn fresh_aidant_session_is_reused_for_15_minutes() {
         assert_eq!(t.claims["amr"], json!(["pwd", "otp"]));
 
         // More than 15 minutes after the sign-in: password and code again.
-        env.stack.state.advance_clock(11 * 60);
+        env.stack.state.clock.advance(11 * 60);
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, _) = choice_page(&browser, &auth.url).await;
         let (_, status, html) = browser
@@ -685,7 +685,7 @@ async fn demo_aidant_signs_in_with_printed_secret() {
         let (url, status, html) = browser.go(&format!("{url}/aidant"), &stop).await.page();
         assert_eq!(status, 200, "{html}");
         let (action, mut fields) = form(&html);
-        env.stack.state.advance_clock(30);
+        env.stack.state.clock.advance(30);
         let code = totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
         fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
         fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
@@ -721,7 +721,7 @@ async fn demo_aidant_signs_in_with_printed_secret() {
 
 /// A fresh code of the demo aidant (the clock moves one step first).
 fn demo_code(env: &Env) -> String {
-    env.stack.state.advance_clock(30);
+    env.stack.state.clock.advance(30);
     totp::code_at(
         relais::demo::aidants::DEMO_AIDANT_TOTP,
         env.stack.state.now(),
@@ -768,7 +768,7 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         assert!(html.contains("mandate-draft"), "{html}");
 
         // 16 minutes later: only a new TOTP code is asked.
-        env.stack.state.advance_clock(16 * 60);
+        env.stack.state.clock.advance(16 * 60);
         let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
         assert_eq!(status, 200);
         assert!(
@@ -1004,7 +1004,7 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         let (_, status, _) = browser.post(&revoke, &bad, &stop).await.page();
         assert_eq!(status, 403);
         // Not fresh: the code is asked again, nothing revoked.
-        env.stack.state.advance_clock(16 * 60);
+        env.stack.state.clock.advance(16 * 60);
         let mut fields = hidden.clone();
         fields.push(("domain".into(), "papiers".into()));
         let (url, status, html) = browser.post(&revoke, &fields, &stop).await.page();
@@ -1391,7 +1391,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         assert_eq!(status, 404, "an active mandate is not renewable");
 
         // The demo mandate lasts 365 days: two days after its end.
-        env.stack.state.advance_clock(367 * 86_400);
+        env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
         let html = aidant_home(
             &env,
@@ -1747,7 +1747,7 @@ async fn aidant_sign_ins_throttled_per_ip() {
         assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
 
         // Once the window has passed, the address may try again.
-        env.stack.state.advance_clock(THROTTLE_WINDOW_SECS);
+        env.stack.state.clock.advance(THROTTLE_WINDOW_SECS);
         let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
         assert_eq!(status, 200, "{html}");
         let (action, mut fields) = form(&html);
@@ -1854,7 +1854,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
             .page();
         assert_eq!(status, 403);
         // A stale sign-in: the code is asked again, nothing switched.
-        env.stack.state.advance_clock(16 * 60);
+        env.stack.state.clock.advance(16 * 60);
         let (url, status, html) = browser
             .post(&switch, &with(&hidden, &brest.id), &stop)
             .await
@@ -2205,7 +2205,7 @@ async fn purged_usager_mandate_not_renewable() {
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         // Expired two days ago (the demo mandate lasts 365 days).
-        env.stack.state.advance_clock(367 * 86_400);
+        env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
         let html = aidant_home(
             &env,
@@ -2280,7 +2280,7 @@ async fn revoked_mandate_never_renewable() {
             }
             if step == "expired" {
                 // Even once every domain has also passed its end.
-                env.stack.state.advance_clock(367 * 86_400);
+                env.stack.state.clock.advance(367 * 86_400);
             }
             let browser = Browser::new();
             let home = aidant_home(

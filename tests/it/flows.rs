@@ -215,7 +215,7 @@ async fn prompt_none_and_max_age() {
         rp.exchange(&code, &auth).await.unwrap();
 
         // max_age exceeded: back to the provider, which must ask for a login again.
-        env.stack.state.advance_clock(120);
+        env.stack.state.clock.advance(120);
         let auth = rp.authorize(PIVOT, &[("max_age", "60"), ("idp_hint", "impots")]);
         let (url, _, html) = browser.go(&auth.url, &rp.redirect_uri).await.page();
         assert!(

@@ -3,6 +3,10 @@
 //! Every storage-touching test runs on SQLite, and on PostgreSQL when
 //! `RELAIS_TEST_DATABASE_URL` is set.
 
+// Tests act as the outside world (services signing assertions, a browser
+// naming its files): they read the system clock, not the broker's.
+#![allow(clippy::disallowed_methods)]
+
 mod agents;
 mod aidants_flow;
 mod browser;

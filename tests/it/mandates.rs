@@ -2642,7 +2642,7 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
         let proof = hidden_value(&html, "proof").unwrap();
         assert!(!get_html.contains(&secret), "secret shown by GET");
         // Until confirmed, neither the old secret nor the new one signs in.
-        state.advance_clock(30);
+        state.clock.advance(30);
         let t = state.now();
         for sec in [&created.totp_secret, &secret] {
             let r = s
@@ -2736,7 +2736,7 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
             )
             .await;
         refused(r, "confirmation code replayed");
-        state.advance_clock(30);
+        state.clock.advance(30);
         let t = state.now();
         s.verify_password_and_totp(
             email,
@@ -2786,7 +2786,7 @@ async fn totp_enrolment_link_shows_qr_code_and_needs_confirmation() {
             http.get(link(&newer.token)).send().await.unwrap().status(),
             200
         );
-        state.advance_clock(72 * 3600 + 1);
+        state.clock.advance(72 * 3600 + 1);
         assert_eq!(
             http.get(link(&newer.token)).send().await.unwrap().status(),
             404
@@ -3057,7 +3057,7 @@ async fn totp_reset_cancels_enrolment_links() {
             };
             // The link no longer works: neither the page nor confirming it.
             assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
-            state.advance_clock(30);
+            state.clock.advance(30);
             let t = state.now();
             let r = http
                 .post(&url)
@@ -3094,7 +3094,7 @@ async fn totp_reset_cancels_enrolment_links() {
             )
             .await
             .unwrap();
-            state.advance_clock(30);
+            state.clock.advance(30);
         }
         env.cleanup().await;
     }

@@ -248,7 +248,7 @@ async fn token_endpoint_errors_code_reuse_and_revocation() {
 
         // Expired code (codes live at most 60 s).
         let (code, auth) = sign(&rp, &browser).await;
-        env.stack.state.advance_clock(61);
+        env.stack.state.clock.advance(61);
         let err = rp.exchange(&code, &auth).await.unwrap_err();
         assert!(err.contains("invalid_grant"), "{err}");
 

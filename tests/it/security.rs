@@ -227,7 +227,7 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
         seed(&env.stack).await.unwrap();
         let broker = env.broker().to_string();
         for round in 0..2 {
-            env.stack.state.advance_clock(30);
+            env.stack.state.clock.advance(30);
             let code =
                 relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
             // Each browser gets its login form (and CSRF cookie) first.
@@ -261,7 +261,7 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
         }
         // 10 losers in all, more than the lock threshold: not locked.
         let browser = Browser::new();
-        env.stack.state.advance_clock(30);
+        env.stack.state.clock.advance(30);
         let (url, _, html) = browser
             .go(&format!("{broker}/aidant"), "/never")
             .await
@@ -749,7 +749,7 @@ async fn cross_site_logout_and_cookieless_posts() {
             .unwrap();
         // A browser with only an aidant sign-in.
         let aidant = Browser::new();
-        env.stack.state.advance_clock(30);
+        env.stack.state.clock.advance(30);
         let (url, _, html) = aidant
             .go(&format!("{broker}/aidant"), "/never")
             .await

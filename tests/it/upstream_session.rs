@@ -32,7 +32,7 @@ fn query(url: &str) -> HashMap<String, String> {
 }
 
 fn demo_code(env: &Env) -> String {
-    env.stack.state.advance_clock(30);
+    env.stack.state.clock.advance(30);
     totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap()
 }
 
