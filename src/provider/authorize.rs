@@ -200,7 +200,7 @@ async fn authorize(ctx: Ctx, cookies: Cookies, headers: HeaderMap, raw: String) 
 
 /// Validate the request: client and redirect URI first (HTML errors), then
 /// everything else (error redirects).
-fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
+pub fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
     let fed = &ctx.fed;
     let client_id = params.get("client_id").unwrap_or("");
     let client = ctx

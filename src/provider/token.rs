@@ -194,18 +194,44 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
         (None, Some(uri)) => fetch_client_jwks(ctx, uri).await?,
         _ => return Ok(false),
     };
-    let u = match crate::crypto::jws::verify_with_jwks(jwt, &jwks) {
+    let Some((jti, exp)) = check_assertion(ctx, client, &jwks, jwt) else {
+        return Ok(false);
+    };
+    let id = client.cfg.client_id.as_str();
+    if !ctx
+        .app
+        .store
+        .record_jti(&ctx.fed.id, id, &jti, exp + 60)
+        .await?
+    {
+        tracing::warn!(client = %id, "client assertion jti replayed");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The checks of a client assertion that need no storage: signature with the
+/// client's `jwks`, RS256 or ES256, iss = sub = client_id, aud = our token
+/// endpoint or issuer, expiry within ten minutes, a `jti`. Returns the `jti`
+/// and `exp` to record (replay check).
+pub fn check_assertion(
+    ctx: &Ctx,
+    client: &Client,
+    jwks: &Value,
+    jwt: &str,
+) -> Option<(String, i64)> {
+    let u = match crate::crypto::jws::verify_with_jwks(jwt, jwks) {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(client = %client.cfg.client_id, error = %e, "client assertion rejected");
-            return Ok(false);
+            return None;
         }
     };
     if !matches!(
         u.alg(),
         Ok(crate::crypto::Alg::RS256 | crate::crypto::Alg::ES256)
     ) {
-        return Ok(false);
+        return None;
     }
     let c = &u.claims;
     let s = |k: &str| c.get(k).and_then(Value::as_str);
@@ -221,21 +247,9 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
     let now = ctx.now();
     let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
     if s("iss") != Some(id) || s("sub") != Some(id) || !aud_ok || exp <= now || exp > now + 600 {
-        return Ok(false);
+        return None;
     }
-    let Some(jti) = s("jti") else {
-        return Ok(false);
-    };
-    if !ctx
-        .app
-        .store
-        .record_jti(&ctx.fed.id, id, jti, exp + 60)
-        .await?
-    {
-        tracing::warn!(client = %id, "client assertion jti replayed");
-        return Ok(false);
-    }
-    Ok(true)
+    s("jti").map(|jti| (jti.to_string(), exp))
 }
 
 async fn fetch_client_jwks(ctx: &Ctx, uri: &str) -> Result<Value, AppError> {

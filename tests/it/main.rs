@@ -10,6 +10,7 @@ mod common;
 mod faults;
 mod federations;
 mod flows;
+mod fuzz_regressions;
 mod keys_cli;
 mod mandates;
 mod multinode;
