@@ -404,3 +404,19 @@ pub fn env_overlay(data: &[u8]) -> Outcome {
         .map(|c| format!("{} federations", c.federations.len()))
         .map_err(|e| e.to_string())
 }
+
+/// The `Authorization: Basic` header of a client at `/token` and `/revoke`.
+pub fn basic_auth(data: &[u8]) -> Outcome {
+    let value = axum::http::HeaderValue::from_bytes(data).map_err(|_| "not a header value")?;
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(axum::http::header::AUTHORIZATION, value);
+    relais::provider::token::basic_credentials(&headers)
+        .map(|(id, _)| format!("client {id}"))
+        .ok_or_else(|| "no credentials".to_string())
+}
+
+/// The identity registry CSV file (`relais registry import`): the RFC 4180
+/// reader, the header, and each row's pivot identity validation.
+pub fn registry_csv(data: &[u8]) -> Outcome {
+    relais::identity::parse_registry_csv(text(data)?).map(|r| format!("{} records", r.len()))
+}

@@ -57,7 +57,7 @@ impl FailureLimiter {
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let b64 = v
         .strip_prefix("Basic ")

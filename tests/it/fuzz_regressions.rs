@@ -56,12 +56,14 @@ async fn fuzz_regressions_replay() {
         }
     }
     type Plain = fn(&[u8]) -> harness::Outcome;
-    let plain: [(&str, Plain); 5] = [
+    let plain: [(&str, Plain); 7] = [
         ("claims", harness::claims),
         ("pivot_identity", harness::pivot_identity),
         ("agent_identity", harness::agent_identity),
         ("config_toml", harness::config_toml),
         ("env_overlay", harness::env_overlay),
+        ("basic_auth", harness::basic_auth),
+        ("registry_csv", harness::registry_csv),
     ];
     for (target, run) in plain {
         for (name, data) in corpus(target) {
