@@ -7,9 +7,9 @@ use crate::config::{ProviderConfig, UpstreamAuth};
 use crate::crypto::{Alg, KeyRing};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
-    CoreClientAuthMethod, CoreGrantType, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet,
-    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, AuthUrl, AuthenticationContextClass, AuthorizationCode,
@@ -434,24 +434,15 @@ impl Upstream {
             checked.map_err(|e| UpstreamError::InvalidToken(format!("signature: {e}")))?;
         }
         let verify = |keys: CoreJsonWebKeySet| {
-            let verifier = CoreIdTokenVerifier::new_public_client(
-                ClientId::new(self.cfg.client_id.clone()),
-                meta.issuer().clone(),
+            // With a ring algorithm, the signature was already verified just above.
+            verify_id_token_claims(
+                &id_token,
+                &self.cfg.client_id,
+                meta.issuer(),
                 keys,
+                ring_alg.is_some(),
+                &nonce,
             )
-            .set_allowed_algs([
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
-                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-                CoreJwsSigningAlgorithm::EdDsa,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
-            ]);
-            let verifier = if ring_alg.is_some() {
-                // Signature already verified with ring just above.
-                verifier.insecure_disable_signature_check()
-            } else {
-                verifier
-            };
-            id_token.claims(&verifier, &nonce).map(|_| ())
         };
         let keys = self.cached_jwks().unwrap_or_else(|| meta.jwks().clone());
         if let Err(e) = verify(keys) {
@@ -596,6 +587,36 @@ impl Upstream {
         key.sign_jwt("JWT", &claims)
             .map_err(|e| UpstreamError::Config(e.to_string()))
     }
+}
+
+/// The `openidconnect` checks of an upstream ID token: iss, aud, exp, iat,
+/// nonce and algorithm, and the signature with `keys` unless
+/// `signature_checked` (already verified with ring against the same keys).
+pub fn verify_id_token_claims(
+    id_token: &CoreIdToken,
+    client_id: &str,
+    issuer: &IssuerUrl,
+    keys: CoreJsonWebKeySet,
+    signature_checked: bool,
+    nonce: &Nonce,
+) -> Result<(), openidconnect::ClaimsVerificationError> {
+    let verifier = CoreIdTokenVerifier::new_public_client(
+        ClientId::new(client_id.to_string()),
+        issuer.clone(),
+        keys,
+    )
+    .set_allowed_algs([
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+        CoreJwsSigningAlgorithm::EdDsa,
+        CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    ]);
+    let verifier = if signature_checked {
+        verifier.insecure_disable_signature_check()
+    } else {
+        verifier
+    };
+    id_token.claims(&verifier, nonce).map(|_| ())
 }
 
 /// Decode a compact JWS payload (only after its signature was verified).

@@ -257,7 +257,7 @@ pub fn over_long(params: &Params) -> Option<(&'static str, usize)> {
 
 /// Validate the request: client and redirect URI first (HTML errors), then
 /// everything else (error redirects).
-fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
+pub fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
     let fed = &ctx.fed;
     let client_id = params.get("client_id").unwrap_or("");
     let client = ctx

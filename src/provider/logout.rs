@@ -23,7 +23,7 @@ struct LogoutFlow {
 }
 
 /// (client id, sid) of a valid `id_token_hint` signed by this federation.
-fn verify_hint(ctx: &Ctx, hint: &str) -> Option<(String, Option<String>)> {
+pub fn verify_hint(ctx: &Ctx, hint: &str) -> Option<(String, Option<String>)> {
     let keys = ctx.fed.keys.get();
     let u = keys.verify(hint).ok()?;
     if u.claims.get("iss").and_then(Value::as_str) != Some(ctx.fed.issuer.as_str()) {

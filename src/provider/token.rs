@@ -60,7 +60,7 @@ pub fn auth_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     name.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let b64 = auth_scheme(v, "Basic")?;
     let raw = base64::engine::general_purpose::STANDARD
@@ -268,21 +268,46 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
         (None, Some(uri)) => fetch_client_jwks(ctx, uri).await?,
         _ => return Ok(false),
     };
-    let u = match crate::crypto::jws::verify_with_jwks(jwt, &jwks) {
+    let Some((jti, exp)) = check_assertion(ctx, client, &jwks, jwt) else {
+        return Ok(false);
+    };
+    let id = client.cfg.client_id.as_str();
+    if !ctx
+        .app
+        .store
+        .record_jti(&ctx.fed.id, id, &jti, exp + 60)
+        .await?
+    {
+        tracing::warn!(event = "client_auth_failed", client = ?id, reason = "jti replayed", "client assertion jti replayed");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The checks of a client assertion that need no storage: signature with the
+/// client's `jwks`, RS256 or ES256, and the claims of
+/// [`assertion_claims_ok`]. Returns the `jti` and `exp` to record (replay
+/// check).
+pub fn check_assertion(
+    ctx: &Ctx,
+    client: &Client,
+    jwks: &Value,
+    jwt: &str,
+) -> Option<(String, i64)> {
+    let u = match crate::crypto::jws::verify_with_jwks(jwt, jwks) {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?client.cfg.client_id, error = %e, "client assertion rejected");
-            return Ok(false);
+            return None;
         }
     };
     if !matches!(
         u.alg(),
         Ok(crate::crypto::Alg::RS256 | crate::crypto::Alg::ES256)
     ) {
-        return Ok(false);
+        return None;
     }
     let c = &u.claims;
-    let s = |k: &str| c.get(k).and_then(Value::as_str);
     let id = client.cfg.client_id.as_str();
     let token_url = ctx.fed.url("/token");
     let audiences: &[&str] = if client.cfg.assertion_audience_token_endpoint {
@@ -290,25 +315,13 @@ async fn verify_assertion(ctx: &Ctx, client: &Client, jwt: &str) -> Result<bool,
     } else {
         &[&ctx.fed.issuer]
     };
-    let now = ctx.now();
-    if let Err(reason) = assertion_claims_ok(c, id, audiences, now) {
+    if let Err(reason) = assertion_claims_ok(c, id, audiences, ctx.now()) {
         tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?id, reason, "client assertion rejected");
-        return Ok(false);
+        return None;
     }
-    let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
-    let Some(jti) = s("jti") else {
-        return Ok(false);
-    };
-    if !ctx
-        .app
-        .store
-        .record_jti(&ctx.fed.id, id, jti, exp + 60)
-        .await?
-    {
-        tracing::warn!(event = "client_auth_failed", client = ?id, reason = "jti replayed", "client assertion jti replayed");
-        return Ok(false);
-    }
-    Ok(true)
+    let exp = c.get("exp").and_then(Value::as_i64)?;
+    let jti = c.get("jti").and_then(Value::as_str)?;
+    Some((jti.to_string(), exp))
 }
 
 async fn fetch_client_jwks(ctx: &Ctx, uri: &str) -> Result<Value, AppError> {

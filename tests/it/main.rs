@@ -14,6 +14,7 @@ mod common;
 mod faults;
 mod federations;
 mod flows;
+mod fuzz_regressions;
 mod keys_cli;
 mod limits;
 mod mandates;
