@@ -76,9 +76,14 @@ impl Limits {
     }
 }
 
+/// Most connections by default, whatever the descriptor limit: memory
+/// (request buffers, bodies up to `BODY_LIMIT`) runs out before descriptors
+/// once the soft limit is raised to a large hard limit.
+pub const MAX_CONNECTIONS_CEILING: usize = 10_000;
+
 /// Default connection cap for a soft descriptor limit of `fds`.
 pub fn default_max_connections(fds: u64) -> usize {
-    (fds.saturating_sub(FD_RESERVE) / 2).max(64) as usize
+    ((fds.saturating_sub(FD_RESERVE) / 2).max(64) as usize).min(MAX_CONNECTIONS_CEILING)
 }
 
 /// The soft limit of open files of this process (1024 if unknown).
@@ -183,7 +188,7 @@ pub async fn serve(
                         .await
                     {
                         Ok(Ok(stream)) => connection(stream, peer, app, limits, activity).await,
-                        _ => tracing::debug!(%peer, "TLS handshake failed"),
+                        _ => tracing::debug!("TLS handshake failed"),
                     }
                 }
             }
@@ -224,11 +229,11 @@ async fn connection<IO>(
     tokio::select! {
         r = conn => {
             if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection closed on error");
+                tracing::debug!(error = %e, "connection closed on error");
             }
         }
         _ = activity.idle_for(limits.idle_timeout) => {
-            tracing::debug!(%peer, "idle connection closed");
+            tracing::debug!("idle connection closed");
         }
     }
 }
@@ -366,6 +371,7 @@ mod tests {
     #[test]
     fn default_cap_leaves_descriptors_for_the_rest() {
         assert_eq!(default_max_connections(20_000), (20_000 - 256) / 2);
+        assert_eq!(default_max_connections(1_048_576), MAX_CONNECTIONS_CEILING);
         assert_eq!(default_max_connections(1024), 384);
         assert_eq!(default_max_connections(100), 64);
     }

@@ -98,10 +98,81 @@ impl Throttle {
             .await
             .map(|_| ())
     }
+}
 
-    /// Give a reservation back (the attempt did not fail).
-    pub async fn release(&self, store: &Store, r: &Reservation) -> Result<(), StoreError> {
-        store.throttle_release(&r.key, r.window_start).await
+/// Counts per key in fixed windows, in this node's memory (bounded: the
+/// table is emptied when it holds [`LocalCounter::CAPACITY`] keys). For
+/// anti-loop bounds that need no agreement between nodes.
+#[derive(Debug, Default)]
+pub struct LocalCounter {
+    counts: Mutex<HashMap<String, (i64, i64)>>,
+}
+
+impl LocalCounter {
+    pub const CAPACITY: usize = 100_000;
+
+    /// Count one event of `key` in its window of `window_secs`: true while
+    /// the window holds at most `max` of them.
+    pub fn try_count(&self, key: &str, max: i64, window_secs: i64, now: i64) -> bool {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::CAPACITY && !map.contains_key(key) {
+            map.retain(|_, (start, _)| now - *start < window_secs);
+            if map.len() >= Self::CAPACITY {
+                map.clear();
+            }
+        }
+        let e = map.entry(key.to_string()).or_insert((now, 0));
+        if now - e.0 >= window_secs {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= max
+    }
+}
+
+/// A reservation held for one attempt: given back when dropped (a success,
+/// a refusal for another reason, a busy gate, a store error, a client that
+/// went away), kept only when [`Held::failed`] says the attempt really
+/// failed (a wrong secret, password or code).
+pub struct Held {
+    store: Store,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    pub fn new(store: &Store, reservation: Reservation) -> Held {
+        Held {
+            store: store.clone(),
+            reservation: Some(reservation),
+        }
+    }
+
+    /// Attempts in the window, this one included.
+    pub fn count(&self) -> i64 {
+        self.reservation.as_ref().map_or(0, |r| r.count)
+    }
+
+    /// The attempt failed: its count stays.
+    pub fn failed(mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for Held {
+    /// Give the reservation back, after the response, on the runtime (a
+    /// failed release is logged: it never fails the request).
+    fn drop(&mut self) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        let store = self.store.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.throttle_release(&r.key, r.window_start).await {
+                    tracing::warn!(error = %e, "failure-limit release failed");
+                }
+            });
+        }
     }
 }
 
@@ -179,6 +250,16 @@ mod tests {
         h.insert("x-forwarded-for", "unknown".parse().unwrap());
         assert_eq!(client_ip(Some(peer), &h, true), Some(peer));
         assert_eq!(client_ip(Some(peer), &HeaderMap::new(), true), Some(peer));
+    }
+
+    #[test]
+    fn local_counter_windows() {
+        let c = LocalCounter::default();
+        assert!(c.try_count("a", 2, 10, 100));
+        assert!(c.try_count("a", 2, 10, 101));
+        assert!(!c.try_count("a", 2, 10, 102));
+        assert!(c.try_count("b", 2, 10, 102), "other keys apart");
+        assert!(c.try_count("a", 2, 10, 110), "a new window");
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct AppState {
     pub argon2: Arc<crate::crypto::gate::Argon2Gate>,
     /// Failed-attempt counters (`/token`, aidant sign-ins), in the store.
     pub throttle: crate::limits::Throttle,
+    /// Sign-ins started per browser (`/authorize`), in memory on this node.
+    pub pending: crate::limits::LocalCounter,
     /// The one clock (`crate::clock`).
     pub clock: crate::clock::Clock,
 }
@@ -106,14 +108,26 @@ impl AppState {
     }
 }
 
-/// The session cookie's name. Over https it carries a prefix a sibling
-/// subdomain cannot plant (cookie tossing): `__Host-` for a federation at
-/// `/` (no `Domain`, `Path=/`, `Secure`), `__Secure-` otherwise.
-pub fn cookie_name(federation: &str, prefix: &str, secure: bool) -> String {
-    match (secure, prefix.is_empty()) {
-        (true, true) => format!("__Host-relais_{federation}"),
-        (true, false) => format!("__Secure-relais_{federation}"),
-        (false, _) => format!("relais_{federation}"),
+/// The session cookie's name. Over https it carries the `__Host-` prefix,
+/// which a sibling subdomain cannot plant (cookie tossing: the browser
+/// accepts it only with `Secure`, `Path=/` and no `Domain`), so every
+/// federation's cookie is then at `Path=/` ([`cookie_path`]); the names are
+/// distinct per federation.
+pub fn cookie_name(federation: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-relais_{federation}")
+    } else {
+        format!("relais_{federation}")
+    }
+}
+
+/// The session cookie's `Path`: `/` over https (the `__Host-` rule), else
+/// the issuer's path.
+pub fn cookie_path(prefix: &str, secure: bool) -> String {
+    if secure || prefix.is_empty() {
+        "/".into()
+    } else {
+        prefix.to_string()
     }
 }
 
@@ -224,12 +238,8 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         federations.push(Arc::new(Federation {
             id: id.clone(),
             issuer: f.issuer.clone(),
-            cookie_name: cookie_name(id, &prefix, secure_cookies),
-            cookie_path: if prefix.is_empty() {
-                "/".into()
-            } else {
-                prefix.clone()
-            },
+            cookie_name: cookie_name(id, secure_cookies),
+            cookie_path: cookie_path(&prefix, secure_cookies),
             prefix,
             keys: Arc::new(keys),
             clients,
@@ -253,6 +263,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         totp_key,
         aidant_domains: config.aidants.domains.clone(),
         throttle: Default::default(),
+        pending: Default::default(),
         clock: Default::default(),
     })
 }

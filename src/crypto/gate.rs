@@ -7,6 +7,7 @@
 //! instead of piling up blocking threads and memory.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// Make freed argon2 memory go back to the system at once.
@@ -34,9 +35,9 @@ pub fn return_freed_memory_to_the_system() {
 
 #[derive(Debug)]
 pub struct Argon2Gate {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// Callers admitted (running or waiting for a permit).
-    admitted: AtomicUsize,
+    admitted: Arc<AtomicUsize>,
     capacity: usize,
     runs: AtomicU64,
     refused: AtomicU64,
@@ -47,8 +48,8 @@ impl Argon2Gate {
     pub fn new(parallel: usize, max_waiting: usize) -> Argon2Gate {
         let parallel = parallel.max(1);
         Argon2Gate {
-            permits: Semaphore::new(parallel),
-            admitted: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(parallel)),
+            admitted: Arc::new(AtomicUsize::new(0)),
             capacity: parallel + max_waiting,
             runs: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -76,15 +77,20 @@ impl Argon2Gate {
     /// caller may check a cache again before [`Pass::run`].
     pub async fn enter(&self) -> Result<Pass<'_>, GateError> {
         let admission = self.admit()?;
-        let permit = self.permits.acquire().await.map_err(|_| GateError::Busy)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| GateError::Busy)?;
         Ok(Pass {
             gate: self,
-            _permit: permit,
-            _admission: admission,
+            permit,
+            admission,
         })
     }
 
-    fn admit(&self) -> Result<Admission<'_>, GateError> {
+    fn admit(&self) -> Result<Admission, GateError> {
         let mut n = self.admitted.load(Ordering::Relaxed);
         loop {
             if n >= self.capacity {
@@ -95,7 +101,7 @@ impl Argon2Gate {
                 .admitted
                 .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return Ok(Admission(&self.admitted)),
+                Ok(_) => return Ok(Admission(self.admitted.clone())),
                 Err(actual) => n = actual,
             }
         }
@@ -140,27 +146,36 @@ impl std::error::Error for GateError {}
 /// A permit to run argon2 once.
 pub struct Pass<'a> {
     gate: &'a Argon2Gate,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-    _admission: Admission<'a>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    admission: Admission,
 }
 
 impl Pass<'_> {
-    /// Run `f` on a blocking thread (the permit is held until it ends).
+    /// Run `f` on a blocking thread. The permit and the admission move into
+    /// the blocking job and are given back when *it* ends: a request whose
+    /// future is dropped (the client went away) cannot free its place while
+    /// its argon2 run goes on.
     pub async fn run<T: Send + 'static>(
         self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, GateError> {
         self.gate.runs.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| GateError::Worker(e.to_string()))
+        let (permit, admission) = (self.permit, self.admission);
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop((permit, admission));
+            out
+        })
+        .await
+        .map_err(|e| GateError::Worker(e.to_string()))
     }
 }
 
-/// Gives the admission back when the run ends (or its future is dropped).
-struct Admission<'a>(&'a AtomicUsize);
+/// Gives the admission back when the run ends (or the caller gives up
+/// before its run started).
+struct Admission(Arc<AtomicUsize>);
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -169,7 +184,6 @@ impl Drop for Admission<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn refuses_past_the_queue_and_counts_runs() {
@@ -205,5 +219,39 @@ mod tests {
         assert_eq!(gate.runs(), 3);
         assert_eq!(gate.in_use(), 0);
         assert_eq!(gate.run(|| 7).await, Ok(7));
+    }
+
+    /// A caller that gives up (its future dropped: the client went away)
+    /// does not free the place of a run still in progress.
+    #[tokio::test]
+    async fn a_dropped_caller_keeps_its_place_until_the_run_ends() {
+        let gate = Arc::new(Argon2Gate::new(1, 0));
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        let g = gate.clone();
+        let caller = tokio::spawn(async move {
+            g.run(move || {
+                let _ = started_tx.send(());
+                let _ = finish_rx.recv();
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        caller.abort();
+        let _ = caller.await;
+        assert_eq!(gate.in_use(), 1, "the run still holds its place");
+        assert_eq!(gate.run(|| ()).await, Err(GateError::Busy));
+        finish_tx.send(()).unwrap();
+        for _ in 0..200 {
+            if gate.in_use() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(gate.in_use(), 0);
+        assert_eq!(gate.run(|| 1).await, Ok(1));
     }
 }

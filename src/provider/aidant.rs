@@ -19,7 +19,7 @@ use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Level reported for an aidant's authentication (password + TOTP).
 pub const AIDANT_ACR: &str = "eidas1";
@@ -52,9 +52,8 @@ const SIGN_IN_LIMIT: crate::limits::Limit = crate::limits::Limit {
 /// error, early return).
 pub struct SignInGuard {
     key: String,
-    app: Arc<crate::state::AppState>,
-    /// The reservation made by `refuse`, until kept or released.
-    reserved: Mutex<Option<crate::limits::Reservation>>,
+    /// The reservation made by `refuse`, until kept or given back.
+    reserved: Mutex<Option<crate::limits::Held>>,
 }
 
 impl FromRequestParts<Ctx> for SignInGuard {
@@ -63,20 +62,21 @@ impl FromRequestParts<Ctx> for SignInGuard {
         let super::ClientAddress(ip) = super::ClientAddress::from_request_parts(parts, ctx).await?;
         Ok(SignInGuard {
             key: format!("aidant-sign-in:{ip}"),
-            app: ctx.app.clone(),
             reserved: Mutex::new(None),
         })
     }
 }
 
 impl SignInGuard {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<crate::limits::Reservation>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<crate::limits::Held>> {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The 429 page when this client made too many failed attempts; else
     /// `None`, and one attempt is reserved (counted) for this client until
-    /// the outcome is known (see [`SignInGuard::failed`]).
+    /// the outcome is known (see [`SignInGuard::failed`]); it is given back
+    /// when the guard is dropped otherwise (success, server or store error,
+    /// early return, a client that went away).
     pub async fn refuse(&self, ctx: &Ctx, lang: Lang) -> Result<Option<Response>, AppError> {
         let app = &ctx.app;
         let now = ctx.now();
@@ -85,11 +85,8 @@ impl SignInGuard {
             .try_reserve(&app.store, &self.key, SIGN_IN_LIMIT, now)
             .await?
         {
-            let prev = self.slot().replace(r);
-            if let Some(prev) = prev {
-                // Called twice: give back the older reservation.
-                app.throttle.release(&app.store, &prev).await?;
-            }
+            // Called twice: the older reservation is given back (dropped).
+            let _older = self.slot().replace(crate::limits::Held::new(&app.store, r));
             return Ok(None);
         }
         tracing::warn!(event = "aidant_sign_in_throttled", federation = %ctx.fed.id, "too many failed aidant sign-ins from one client address");
@@ -110,32 +107,16 @@ impl SignInGuard {
     /// keeps the reservation made by `refuse` (or counts one if none).
     pub async fn failed(&self, ctx: &Ctx) -> Result<(), AppError> {
         let reserved = self.slot().take();
-        if reserved.is_none() {
-            let app = &ctx.app;
-            app.throttle
-                .record_failure(&app.store, &self.key, SIGN_IN_LIMIT, ctx.now())
-                .await?;
+        match reserved {
+            Some(held) => held.failed(),
+            None => {
+                let app = &ctx.app;
+                app.throttle
+                    .record_failure(&app.store, &self.key, SIGN_IN_LIMIT, ctx.now())
+                    .await?;
+            }
         }
         Ok(())
-    }
-}
-
-impl Drop for SignInGuard {
-    /// An attempt that did not fail (success, server or store error) gives
-    /// its reservation back; earlier failures stay counted. The release is
-    /// one statement, run after the response on the runtime.
-    fn drop(&mut self) {
-        let Some(r) = self.slot().take() else {
-            return;
-        };
-        let app = self.app.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = app.throttle.release(&app.store, &r).await {
-                    tracing::warn!(error = %e, "sign-in throttle release failed");
-                }
-            });
-        }
     }
 }
 

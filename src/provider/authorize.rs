@@ -205,10 +205,9 @@ pub async fn authorize_post(
     // response must not replace it. The same request as a GET (a top-level
     // navigation, which carries the cookie) is handled instead.
     if !cookies.has_session_cookie(&ctx.fed) {
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(url::form_urlencoded::parse(body.as_bytes()))
-            .finish();
-        return redirect(&format!("{}?{query}", ctx.fed.url("/authorize")));
+        if let Some(resp) = super::repeat_as_get(&ctx, "/authorize", &body) {
+            return resp;
+        }
     }
     authorize(ctx, cookies, headers, body).await
 }
@@ -221,14 +220,15 @@ async fn authorize(ctx: Ctx, cookies: Cookies, headers: HeaderMap, raw: String) 
 }
 
 /// Sign-ins a browser may start within one interaction lifetime
-/// (`interaction_ttl_secs`): past it, `/authorize` answers 429 and writes
-/// nothing.
+/// (`interaction_ttl_secs`) on one node: past it, `/authorize` answers 429
+/// and writes nothing.
 pub const MAX_PENDING_PER_BROWSER: i64 = 100;
 
 /// The longest value accepted for each authorization request parameter that
 /// is echoed, forwarded upstream or stored (in characters of the decoded
 /// value). Checked before anything is written.
 pub const PARAMETER_LIMITS: &[(&str, usize)] = &[
+    ("client_id", 256),
     ("state", 512),
     ("nonce", 512),
     ("login_hint", 254),
@@ -597,28 +597,23 @@ async fn authorize_inner(
         }
     };
     // A bounded number of sign-ins started per browser within an
-    // interaction's lifetime (a fresh browser has none yet).
-    if set_new_cookie.is_none() {
-        let limit = crate::limits::Limit {
-            max: MAX_PENDING_PER_BROWSER,
-            window_secs: fed.cfg.interaction_ttl_secs.max(1),
-        };
-        let key = format!("pending:{}:{session_id}", fed.id);
-        if ctx
-            .app
-            .throttle
-            .try_reserve(&ctx.app.store, &key, limit, ctx.now())
-            .await?
-            .is_none()
-        {
-            tracing::warn!(event = "authorize_refused", federation = %fed.id, reason = "too many pending sign-ins in one browser", "authorize refused");
-            return Err(ctx.page_error(
-                req.lang,
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                None,
-            ));
-        }
+    // interaction's lifetime (a fresh browser has none yet). Counted in
+    // memory on this node: an anti-loop bound, no statement on the hot path.
+    if set_new_cookie.is_none()
+        && !ctx.app.pending.try_count(
+            &format!("{}:{session_id}", fed.id),
+            MAX_PENDING_PER_BROWSER,
+            fed.cfg.interaction_ttl_secs.max(1),
+            ctx.now(),
+        )
+    {
+        tracing::warn!(event = "authorize_refused", federation = %fed.id, reason = "too many pending sign-ins in one browser", "authorize refused");
+        return Err(ctx.page_error(
+            req.lang,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            None,
+        ));
     }
     let id = random_token(24);
     let mut inter = Interaction {
@@ -1023,7 +1018,7 @@ pub async fn callback(
     // code delivered on another provider's callback than the one this
     // sign-in went to is refused before anything is redeemed.
     if path_provider != pending.provider {
-        tracing::warn!(event = "upstream_callback", provider = %pending.provider, callback_of = %path_provider.chars().take(64).collect::<String>(), "callback on another provider's redirect URI refused (mix-up)");
+        tracing::warn!(event = "upstream_callback", provider = %pending.provider, callback_of = ?path_provider.chars().take(64).collect::<String>(), "callback on another provider's redirect URI refused (mix-up)");
         return Err(fail("upstream_mixup", StatusCode::BAD_REQUEST));
     }
     let provider = fed

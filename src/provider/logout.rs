@@ -67,13 +67,9 @@ pub async fn end_session_post(
     // A service's cross-site POST arrives without the SameSite=Lax session
     // cookie: the same request as a GET (a top-level navigation carries it).
     if !cookies.has_session_cookie(&ctx.fed) {
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(url::form_urlencoded::parse(body.as_bytes()))
-            .finish();
-        return Ok(redirect(&format!(
-            "{}?{query}",
-            ctx.fed.url("/session/end")
-        )));
+        if let Some(resp) = super::repeat_as_get(&ctx, "/session/end", &body) {
+            return Ok(resp);
+        }
     }
     end_session(ctx, cookies, headers, body).await
 }
@@ -87,14 +83,7 @@ async fn end_session(
     let params = Params::parse(&raw).unwrap_or_default();
     let lang = lang_from(&headers, params.get("ui_locales"));
     // Bounded before anything is verified, stored or echoed.
-    let too_long = [
-        ("state", 512),
-        ("id_token_hint", 16_384),
-        ("client_id", 256),
-    ]
-    .iter()
-    .any(|(k, max)| params.get(k).is_some_and(|v| v.len() > *max));
-    if too_long {
+    if super::authorize::over_long(&params).is_some() {
         return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_request", None));
     }
     let client_id = params

@@ -296,7 +296,7 @@ pub async fn home(
                 .url(&format!("/aidant/mandats/{}/attestation", m.id)),
             revocation_url: ctx.fed.url(&format!("/aidant/mandats/{}/revocation", m.id)),
             revoked: m.authorisations.iter().any(|a| a.revoked_at.is_some()),
-            renew_url: (renewable(m, now) && !purged)
+            renew_url: (renewable(m, now) && !purged && !superseded(m, &listed))
                 .then(|| ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id))),
             id: m.id.clone(),
         });
@@ -1177,6 +1177,10 @@ pub enum NotRenewable {
     Revoked,
     /// It expired more than [`RENEWABLE_WITHIN_SECS`] ago (or has no domain).
     TooOld,
+    /// A later mandate for the same usager and organisation exists (it was
+    /// renewed already): renewing the old one again could undo what became
+    /// of the later one.
+    Superseded,
 }
 
 /// Whether an aidant may renew a mandate without the usager signing in:
@@ -1197,6 +1201,14 @@ pub fn renewal_rule(m: &Mandate, now: i64) -> Result<(), NotRenewable> {
         Some(ended) if ended <= now && now - ended < RENEWABLE_WITHIN_SECS => Ok(()),
         _ => Err(NotRenewable::TooOld),
     }
+}
+
+/// Whether a later mandate of `org_mandates` (the organisation's) exists for
+/// the same usager: `m` was renewed, or replaced by a new mandate.
+pub fn superseded(m: &Mandate, org_mandates: &[Mandate]) -> bool {
+    org_mandates
+        .iter()
+        .any(|o| o.id != m.id && o.usager_id == m.usager_id && o.created_at >= m.created_at)
 }
 
 /// [`renewal_rule`] as a yes/no.
@@ -1239,9 +1251,22 @@ async fn renewal_target(
         .await?
         .filter(|m| m.org_id == step.org_id)
         .ok_or_else(not_found)?;
-    match renewal_rule(&m, ctx.now()) {
+    // Renewed once already (or followed by any later mandate for the same
+    // usager here): that later mandate, and what became of it (a
+    // revocation), decides; the old one is never renewed again.
+    let rule = if superseded(&m, &store.list_mandates(&m.org_id).await?) {
+        Err(NotRenewable::Superseded)
+    } else {
+        renewal_rule(&m, ctx.now())
+    };
+    match rule {
         Ok(()) => {}
-        Err(NotRenewable::Revoked) => {
+        Err(reason @ (NotRenewable::Revoked | NotRenewable::Superseded)) => {
+            let reason = if reason == NotRenewable::Revoked {
+                "revoked"
+            } else {
+                "superseded"
+            };
             // Journalled: an attempt to act again for someone who (or for
             // whom an administrator) withdrew the mandate.
             journal_aidant(
@@ -1249,11 +1274,11 @@ async fn renewal_target(
                 &step,
                 &m,
                 "mandate.renewal_refused",
-                json!({"mandate_id": m.id, "reason": "revoked"}),
+                json!({"mandate_id": m.id, "reason": reason}),
                 ctx.now(),
             )
             .await?;
-            tracing::warn!(event = "mandate_renewal_refused", federation = %ctx.fed.id, reason = "revoked", "renewal of a revoked mandate refused");
+            tracing::warn!(event = "mandate_renewal_refused", federation = %ctx.fed.id, reason, "renewal of a revoked or superseded mandate refused");
             return Err(not_found());
         }
         Err(_) => return Err(not_found()),

@@ -122,6 +122,27 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         .layer(axum::middleware::from_fn(head_changes_nothing))
 }
 
+/// Longest query a cross-site POST is turned into (see [`repeat_as_get`]).
+const MAX_REPEATED_QUERY: usize = 8 * 1024;
+
+/// A cross-site POST arrives without the `SameSite=Lax` session cookie even
+/// when the browser has one, and its response must not replace it: the same
+/// request as a GET of `path` (a top-level navigation, which carries the
+/// cookie). `None` when the parameters are over their limits or too long in
+/// all for a URL: the caller then handles the POST itself (its validation
+/// refuses over-long parameters before any cookie is set).
+pub fn repeat_as_get(ctx: &Ctx, path: &str, body: &str) -> Option<Response> {
+    let params = Params::parse(body).ok()?;
+    if authorize::over_long(&params).is_some() {
+        return None;
+    }
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(url::form_urlencoded::parse(body.as_bytes()))
+        .finish();
+    (query.len() <= MAX_REPEATED_QUERY)
+        .then(|| crate::error::redirect(&format!("{}?{query}", ctx.fed.url(path))))
+}
+
 /// HEAD is answered only where GET reads nothing but public documents
 /// (discovery, JWKS, style sheets). Elsewhere a GET may start or end a
 /// sign-in, so HEAD (which axum would route to it) gets 405 and changes
@@ -130,10 +151,16 @@ async fn head_changes_nothing(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = req.uri().path();
-    let public = path.ends_with("/.well-known/openid-configuration")
-        || path.ends_with("/jwks")
-        || path.contains("/static/");
+    // The route template, not the request path: `/callback/jwks` (a
+    // provider may be called `jwks`) must not pass for the JWKS.
+    let template = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or("");
+    let public = template.ends_with("/.well-known/openid-configuration")
+        || template.ends_with("/jwks")
+        || template.contains("/static/");
     if req.method() == axum::http::Method::HEAD && !public {
         let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
         resp.headers_mut()
@@ -351,14 +378,20 @@ pub fn session_key(cookie_value: &str) -> String {
 }
 
 pub fn set_cookie(ctx: &Ctx, value: &str, max_age: i64) -> HeaderValue {
+    cookie_header(ctx, &ctx.fed.cookie_name, value, max_age)
+}
+
+/// A `Set-Cookie` value for one of this federation's cookies: `HttpOnly`,
+/// `SameSite=Lax`, the federation's cookie path, `Secure` over https.
+pub fn cookie_header(ctx: &Ctx, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if ctx.app.secure_cookies {
         "; Secure"
     } else {
         ""
     };
     let v = format!(
-        "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={}{}",
-        ctx.fed.cookie_name, value, ctx.fed.cookie_path, max_age, secure
+        "{name}={value}; Path={}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        ctx.fed.cookie_path
     );
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
 }
@@ -418,25 +451,15 @@ impl Relogin {
         if self == before {
             return;
         }
-        let secure = if ctx.app.secure_cookies {
-            "; Secure"
-        } else {
-            ""
-        };
         let max_age = if self.0.is_empty() {
             0
         } else {
             RELOGIN_MAX_AGE_SECS
         };
-        let v = format!(
-            "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            Self::name(&ctx.fed),
-            self.0.join("."),
-            ctx.fed.cookie_path,
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            cookie_header(ctx, &Self::name(&ctx.fed), &self.0.join("."), max_age),
         );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
-        }
     }
 }
 

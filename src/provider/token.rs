@@ -5,7 +5,7 @@ use super::{ClientAddress, Ctx, Params};
 use crate::config::ClientAuthMethod;
 use crate::crypto::{half_hash, random_token, sha256_b64};
 use crate::error::AppError;
-use crate::limits::Limit;
+use crate::limits::{Held, Limit};
 use crate::state::Client;
 use crate::store::Redeem;
 use axum::extract::State;
@@ -173,35 +173,36 @@ async fn verify_client_secret(
         tracing::warn!(event = "token_auth_throttled", federation = %ctx.fed.id, client = ?id, "too many failed client authentications from one address");
         return Err(too_many_failures());
     };
+    // Given back on every outcome but a wrong secret (a busy gate, a store
+    // error, a client that went away are not failures).
+    let by_address = Held::new(&app.store, by_address);
     let by_client = app
         .throttle
         .try_reserve(&app.store, &per_client, PER_CLIENT, now)
-        .await?;
-    if by_client.is_none() && by_address.count > 1 {
+        .await?
+        .map(|r| Held::new(&app.store, r));
+    if by_client.is_none() && by_address.count() > 1 {
         tracing::warn!(event = "token_auth_throttled", federation = %ctx.fed.id, client = ?id, "too many failed client authentications for this client");
         return Err(too_many_failures());
     }
     let pass = app.argon2.enter().await.map_err(gate_error)?;
     // Another request may have verified it while we waited.
-    let ok = if app.secrets.is_cached(id, phc, secret) {
-        true
-    } else {
-        let (p, s) = (phc.to_string(), secret.to_string());
-        let ok = pass
-            .run(move || crate::crypto::secrets::verify_secret(&p, &s))
-            .await
-            .map_err(gate_error)?;
-        if ok {
-            app.secrets.remember(id, phc, secret);
-        }
-        ok
-    };
+    if app.secrets.is_cached(id, phc, secret) {
+        return Ok(true);
+    }
+    let (p, s) = (phc.to_string(), secret.to_string());
+    let ok = pass
+        .run(move || crate::crypto::secrets::verify_secret(&p, &s))
+        .await
+        .map_err(gate_error)?;
     if ok {
-        for r in [Some(by_address), by_client].into_iter().flatten() {
-            app.throttle.release(&app.store, &r).await?;
-        }
+        app.secrets.remember(id, phc, secret);
     } else {
         tracing::info!(event = "client_auth_failed", federation = %ctx.fed.id, client = ?id, reason = "wrong secret", "client authentication failed");
+        by_address.failed();
+        if let Some(c) = by_client {
+            c.failed();
+        }
     }
     Ok(ok)
 }

@@ -1459,6 +1459,23 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         let rp = Rp::demo(&env).await;
         let tokens = demo_delegated(&env, &rp, &browser, &format!("{new_id}:papiers")).await;
         assert_eq!(rp.userinfo(&tokens.access_token).await.status(), 200);
+        // Renewed once: the old mandate is never renewed again, also after
+        // the usager revokes the new one (that would undo the revocation).
+        let (_, status, _) = browser.go(&renew, &stop).await.page();
+        assert_eq!(status, 404, "renewed already");
+        store
+            .revoke_mandate(
+                &new_id,
+                &Actor::Usager(new.usager_id.clone()),
+                env.stack.state.now(),
+            )
+            .await
+            .unwrap();
+        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
+        assert_eq!(status, 200);
+        assert!(!html.contains(&format!("renew-{mid}")), "{html}");
+        let (_, status, _) = browser.go(&renew, &stop).await.page();
+        assert_eq!(status, 404, "the revocation of the renewal stands");
         env.cleanup().await;
     }
 }

@@ -354,6 +354,24 @@ async fn attacker_values_never_forge_log_lines() {
         .append_pair("error", "access_denied\nINJECTED-1 ERROR forged line");
     let callback = callback.to_string().replace("%5Cn", "%0A");
     let _ = http.get(&callback).send().await.unwrap();
+    // Another sign-in's state delivered on a provider path with a newline
+    // (the mix-up refusal logs the path's provider).
+    let auth = rp.authorize(&["openid"], &[("idp_hint", "impots")]);
+    let r = http.get(on_node(&auth.url)).send().await.unwrap();
+    let upstream = r.headers()["location"].to_str().unwrap().to_string();
+    let q2: std::collections::HashMap<String, String> = reqwest::Url::parse(&upstream)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let _ = http
+        .get(format!(
+            "{node}/callback/x%0AINJECTED-7?state={}&code=c",
+            url::form_urlencoded::byte_serialize(q2["state"].as_bytes()).collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
     // A parameter name and a claims key with newlines; an invalid scope
     // whose description names the input.
     let hostile = [
@@ -401,10 +419,12 @@ async fn attacker_values_never_forge_log_lines() {
         .filter(|l| l.trim_start().starts_with("INJECTED"))
         .collect();
     assert!(forged.is_empty(), "forged log lines: {forged:?}\n{out}");
-    assert!(
-        out.lines().any(|l| l.contains("INJECTED-1")),
-        "the callback error was logged (escaped):\n{out}"
-    );
+    for logged in ["INJECTED-1", "INJECTED-7"] {
+        assert!(
+            out.lines().any(|l| l.contains(logged)),
+            "{logged} was logged (escaped):\n{out}"
+        );
+    }
     env.cleanup().await;
 }
 
@@ -922,6 +942,7 @@ async fn bounded_parameters_and_harmless_anonymous_requests() {
         format!("{choice}/abort"),
         format!("{broker}/session/end"),
         format!("{broker}/usager"),
+        format!("{broker}/callback/impots"),
         auth.url.clone(),
     ] {
         let r = browser.http.head(&url).send().await.unwrap();
