@@ -706,12 +706,12 @@ mod tests {
 
     #[test]
     fn cookie_prefixes() {
-        use crate::state::cookie_name;
-        assert_eq!(cookie_name("citizen", "", true), "__Host-relais_citizen");
-        assert_eq!(
-            cookie_name("agent", "/agent", true),
-            "__Secure-relais_agent"
-        );
-        assert_eq!(cookie_name("citizen", "", false), "relais_citizen");
+        use crate::state::{cookie_name, cookie_path};
+        assert_eq!(cookie_name("citizen", true), "__Host-relais_citizen");
+        assert_eq!(cookie_name("agent", true), "__Host-relais_agent");
+        assert_eq!(cookie_path("/agent", true), "/", "__Host- requires Path=/");
+        assert_eq!(cookie_name("agent", false), "relais_agent");
+        assert_eq!(cookie_path("/agent", false), "/agent");
+        assert_eq!(cookie_path("", false), "/");
     }
 }
