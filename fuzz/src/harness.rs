@@ -149,7 +149,8 @@ fn json_object(data: &[u8]) -> Result<Map<String, Value>, String> {
     serde_json::from_str(text(data)?).map_err(|_| "not a JSON object".to_string())
 }
 
-/// `HEADER\nCLAIMS` signed with `key` (or, without a newline, the text as is).
+/// `HEADER\nCLAIMS` signed with `key` (or, without a newline, the text as is);
+/// `NOW` in the claims becomes now + 60 s, `IAT` now.
 fn token_from(input: &str, key: impl Fn(&str) -> Option<Arc<SigningKey>>) -> String {
     let Some((header, claims)) = input.split_once('\n') else {
         return input.to_string();
@@ -158,7 +159,9 @@ fn token_from(input: &str, key: impl Fn(&str) -> Option<Arc<SigningKey>>) -> Str
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let claims = claims.replace("NOW", &(now + 60).to_string());
+    let claims = claims
+        .replace("NOW", &(now + 60).to_string())
+        .replace("IAT", &now.to_string());
     let alg = serde_json::from_str::<Value>(header)
         .ok()
         .and_then(|h| h.get("alg").and_then(Value::as_str).map(str::to_string))

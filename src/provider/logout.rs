@@ -139,6 +139,22 @@ async fn end_session(
     finish_logout(&ctx, &cookies, flow).await
 }
 
+/// Store a logout flow (600 s, single use) under a new random id.
+async fn store_flow(ctx: &Ctx, flow: &LogoutFlow) -> Result<String, AppError> {
+    let id = random_token(24);
+    ctx.app
+        .store
+        .put(
+            Kind::Logout,
+            &id,
+            &ctx.fed.id,
+            &serde_json::to_string(flow).map_err(AppError::internal)?,
+            ctx.now() + 600,
+        )
+        .await?;
+    Ok(id)
+}
+
 /// Ask the person to confirm; afterwards only a verified return address is used.
 async fn ask_confirmation(
     ctx: &Ctx,
@@ -165,23 +181,13 @@ async fn ask_confirmation(
             },
         );
     }
-    let id = random_token(24);
     let flow = LogoutFlow {
         return_to,
         state,
         lang,
         session,
     };
-    ctx.app
-        .store
-        .put(
-            Kind::Logout,
-            &id,
-            &fed.id,
-            &serde_json::to_string(&flow).map_err(AppError::internal)?,
-            ctx.now() + 600,
-        )
-        .await?;
+    let id = store_flow(ctx, &flow).await?;
     ctx.page(
         lang,
         "logout_confirm.html",
@@ -256,17 +262,7 @@ async fn upstream_redirect(
     upstream_client: &str,
 ) -> Result<Response, AppError> {
     let fed = &ctx.fed;
-    let id = random_token(24);
-    ctx.app
-        .store
-        .put(
-            Kind::Logout,
-            &id,
-            &fed.id,
-            &serde_json::to_string(flow).map_err(AppError::internal)?,
-            ctx.now() + 600,
-        )
-        .await?;
+    let id = store_flow(ctx, flow).await?;
     let url = with_query(
         endpoint,
         &[

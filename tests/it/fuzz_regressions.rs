@@ -1,7 +1,7 @@
 //! Replays the fuzzing regression corpus (`fuzz/regressions/<target>/`)
 //! through the very functions the fuzz targets call (`fuzz/src/harness.rs`,
 //! included here), on a normal `cargo test`: every input must return without
-//! a panic; inputs named `crash-*` (one per crash the fuzzer found) must
+//! a panic; inputs named `crash-*` (one per crash the fuzzer found) and `reject-*` must
 //! also be rejected; those named `accept-*` must be accepted (seeds that
 //! show the target reaches past its parser).
 
@@ -30,7 +30,7 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 fn check(target: &str, name: &str, outcome: harness::Outcome) {
-    if name.starts_with("crash-") {
+    if name.starts_with("crash-") || name.starts_with("reject-") {
         assert!(outcome.is_err(), "{target}/{name}: accepted: {outcome:?}");
     }
     if name.starts_with("accept-") {

@@ -188,12 +188,8 @@ async fn failure_limits_count_across_nodes() {
     for i in 0..24 {
         let b = Browser::new();
         let node = &nodes[i % 2];
-        let (url, _, html) = b.go(&format!("{node}/aidant"), "/never").await.page();
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), format!("nobody{i}@example.test")));
-        fields.push(("password".into(), "wrong password".into()));
-        fields.push(("totp".into(), "123456".into()));
-        let target = absolute_on(node, &url, &action);
+        let email = format!("nobody{i}@example.test");
+        let (target, fields) = aidant_form(&b, node, &email, "wrong password", "123456").await;
         let (_, status, _) = b.post(&target, &fields, "/never").await.page();
         statuses.push(status);
     }
@@ -205,6 +201,23 @@ async fn failure_limits_count_across_nodes() {
     assert_eq!(statuses[20..], [429; 4], "{statuses:?}");
     node2.task.abort();
     env.cleanup().await;
+}
+
+/// The aidant sign-in form of `node`, opened in `b` (its CSRF cookie set)
+/// and filled: the target URL and the fields to POST.
+async fn aidant_form(
+    b: &Browser,
+    node: &str,
+    email: &str,
+    password: &str,
+    code: &str,
+) -> (String, Vec<(String, String)>) {
+    let (url, _, html) = b.go(&format!("{node}/aidant"), "/never").await.page();
+    let (action, mut fields) = form(&html);
+    fields.push(("email".into(), email.into()));
+    fields.push(("password".into(), password.into()));
+    fields.push(("totp".into(), code.into()));
+    (absolute_on(node, &url, &action), fields)
 }
 
 /// `action` of a page at `page_url`, made absolute and sent to `node`.
@@ -234,12 +247,9 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
             let mut ready = vec![];
             for _ in 0..6 {
                 let b = Browser::new();
-                let (url, _, html) = b.go(&format!("{broker}/aidant"), "/never").await.page();
-                let (action, mut fields) = form(&html);
-                fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-                fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-                fields.push(("totp".into(), code.clone()));
-                ready.push((b, absolute_on(&broker, &url, &action), fields));
+                let (target, fields) =
+                    aidant_form(&b, &broker, DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &code).await;
+                ready.push((b, target, fields));
             }
             let wins = Arc::new(AtomicUsize::new(0));
             let mut tasks = vec![];
@@ -262,21 +272,17 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
         // 10 losers in all, more than the lock threshold: not locked.
         let browser = Browser::new();
         env.stack.state.clock.advance(30);
-        let (url, _, html) = browser
-            .go(&format!("{broker}/aidant"), "/never")
-            .await
-            .page();
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push((
-            "totp".into(),
-            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap(),
-        ));
-        let (_, status, html) = browser
-            .post(&absolute_on(&broker, &url, &action), &fields, "/never")
-            .await
-            .page();
+        let code =
+            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+        let (target, fields) = aidant_form(
+            &browser,
+            &broker,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            &code,
+        )
+        .await;
+        let (_, status, html) = browser.post(&target, &fields, "/never").await.page();
         assert_eq!(status, 200, "not locked: {html}");
         assert!(html.contains("mandate-draft"), "{html}");
         env.cleanup().await;
@@ -456,13 +462,10 @@ async fn argon2_burst_is_bounded() {
     let mut ready = vec![];
     for i in 0..300u32 {
         let b = Browser::new();
-        let (url, _, html) = b.go(&format!("{node}/aidant"), "/never").await.page();
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), format!("nobody{i}@example.test")));
-        fields.push(("password".into(), "wrong password".into()));
-        fields.push(("totp".into(), "123456".into()));
+        let email = format!("nobody{i}@example.test");
+        let (target, fields) = aidant_form(&b, &node, &email, "wrong password", "123456").await;
         let ip = format!("198.51.{}.{}", i / 250, i % 250 + 1);
-        ready.push((b, absolute_on(&node, &url, &action), fields, ip));
+        ready.push((b, target, fields, ip));
     }
     let before = peak_rss_kb(child.id());
     let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -770,21 +773,17 @@ async fn cross_site_logout_and_cookieless_posts() {
         // A browser with only an aidant sign-in.
         let aidant = Browser::new();
         env.stack.state.clock.advance(30);
-        let (url, _, html) = aidant
-            .go(&format!("{broker}/aidant"), "/never")
-            .await
-            .page();
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push((
-            "totp".into(),
-            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap(),
-        ));
-        let (_, status, html) = aidant
-            .post(&absolute_on(&broker, &url, &action), &fields, "/never")
-            .await
-            .page();
+        let code =
+            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+        let (target, fields) = aidant_form(
+            &aidant,
+            &broker,
+            DEMO_AIDANT_EMAIL,
+            DEMO_AIDANT_PASSWORD,
+            &code,
+        )
+        .await;
+        let (_, status, html) = aidant.post(&target, &fields, "/never").await.page();
         assert_eq!(status, 200, "{html}");
         let logout = relais::error::with_query(
             &format!("{broker}/session/end"),
