@@ -220,6 +220,24 @@ async fn aidant_form(
     (absolute_on(node, &url, &action), fields)
 }
 
+/// The demo aidant signs in on `b` with a fresh code (the clock moves one
+/// step first): the status and page of the answer.
+async fn demo_aidant_sign_in(env: &Env, b: &Browser) -> (u16, String) {
+    use relais::demo::aidants::*;
+    env.stack.state.clock.advance(30);
+    let code = relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+    let (target, fields) = aidant_form(
+        b,
+        env.broker(),
+        DEMO_AIDANT_EMAIL,
+        DEMO_AIDANT_PASSWORD,
+        &code,
+    )
+    .await;
+    let (_, status, html) = b.post(&target, &fields, "/never").await.page();
+    (status, html)
+}
+
 /// `action` of a page at `page_url`, made absolute and sent to `node`.
 fn absolute_on(node: &str, page_url: &str, action: &str) -> String {
     let full = reqwest::Url::parse(page_url).unwrap().join(action).unwrap();
@@ -271,18 +289,7 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
         }
         // 10 losers in all, more than the lock threshold: not locked.
         let browser = Browser::new();
-        env.stack.state.clock.advance(30);
-        let code =
-            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
-        let (target, fields) = aidant_form(
-            &browser,
-            &broker,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            &code,
-        )
-        .await;
-        let (_, status, html) = browser.post(&target, &fields, "/never").await.page();
+        let (status, html) = demo_aidant_sign_in(&env, &browser).await;
         assert_eq!(status, 200, "not locked: {html}");
         assert!(html.contains("mandate-draft"), "{html}");
         env.cleanup().await;
@@ -772,18 +779,7 @@ async fn cross_site_logout_and_cookieless_posts() {
             .unwrap();
         // A browser with only an aidant sign-in.
         let aidant = Browser::new();
-        env.stack.state.clock.advance(30);
-        let code =
-            relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
-        let (target, fields) = aidant_form(
-            &aidant,
-            &broker,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            &code,
-        )
-        .await;
-        let (_, status, html) = aidant.post(&target, &fields, "/never").await.page();
+        let (status, html) = demo_aidant_sign_in(&env, &aidant).await;
         assert_eq!(status, 200, "{html}");
         let logout = relais::error::with_query(
             &format!("{broker}/session/end"),
