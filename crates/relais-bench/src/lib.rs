@@ -755,3 +755,60 @@ pub fn print(r: &Report) {
 pub fn to_json(r: &Report) -> String {
     serde_json::to_string_pretty(&json!(r)).unwrap_or_default()
 }
+
+/// The load tool's command line (`relais bench …` and
+/// `cargo run --release -p relais-bench -- …` take the same options).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// signin, signin-choice, token, userinfo, discovery or jwks.
+    #[arg(long, default_value = "signin")]
+    pub mode: String,
+    /// PostgreSQL URL; default: a temporary SQLite file.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// ID token algorithm of the simulated services (RS256, ES256, EdDSA).
+    #[arg(long, default_value = "ES256")]
+    pub alg: String,
+    /// Database pool size of the Relais under test.
+    #[arg(long, default_value_t = 16)]
+    pub max_connections: u32,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Run the load tool with parsed options: measure, print, and write the
+/// JSON report when asked.
+pub async fn main_with(args: Args) -> Result<(), String> {
+    let mode = Mode::parse(&args.mode).ok_or_else(|| format!("unknown mode {:?}", args.mode))?;
+    let alg = Alg::parse(&args.alg).ok_or_else(|| {
+        format!(
+            "unknown algorithm {:?}: use RS256, ES256 or EdDSA",
+            args.alg
+        )
+    })?;
+    let report = run(Options {
+        database_url: args.database_url,
+        concurrency: args.concurrency.max(1),
+        duration: Duration::from_secs(args.duration.max(1)),
+        warmup: Duration::from_secs(args.warmup),
+        mode,
+        output: args.output.clone(),
+        alg,
+        max_connections: args.max_connections,
+    })
+    .await?;
+    print(&report);
+    if let Some(path) = args.output {
+        std::fs::write(&path, to_json(&report)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}

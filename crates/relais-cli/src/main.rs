@@ -51,30 +51,7 @@ enum Cmd {
     /// Hash a client secret (read from standard input) as an argon2id PHC string.
     HashSecret,
     /// Load tool: drive complete sign-ins (or one endpoint) against a Relais it starts.
-    Bench {
-        /// signin, signin-choice, token, userinfo, discovery or jwks.
-        #[arg(long, default_value = "signin")]
-        mode: String,
-        /// PostgreSQL URL; default: a temporary SQLite file.
-        #[arg(long)]
-        database_url: Option<String>,
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Measured seconds (after the warm-up).
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
-        /// ID token algorithm of the simulated services (RS256, ES256, EdDSA).
-        #[arg(long, default_value = "ES256")]
-        alg: String,
-        /// Database pool size of the Relais under test.
-        #[arg(long, default_value_t = 16)]
-        max_connections: u32,
-        /// Write the report as JSON here.
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
+    Bench(relais_bench::Args),
     /// Identity registry (RNIPP-like check) tools.
     Registry {
         #[command(subcommand)]
@@ -406,37 +383,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{h}");
             Ok(())
         }
-        Cmd::Bench {
-            mode,
-            database_url,
-            concurrency,
-            duration,
-            warmup,
-            alg,
-            max_connections,
-            output,
-        } => {
-            let mode =
-                relais_bench::Mode::parse(&mode).ok_or_else(|| format!("unknown mode {mode:?}"))?;
-            let report = relais_bench::run(relais_bench::Options {
-                database_url,
-                concurrency: concurrency.max(1),
-                duration: std::time::Duration::from_secs(duration.max(1)),
-                warmup: std::time::Duration::from_secs(warmup),
-                mode,
-                output: output.clone(),
-                alg: parse_alg(&alg)?,
-                max_connections,
-            })
-            .await?;
-            relais_bench::print(&report);
-            if let Some(path) = output {
-                std::fs::write(&path, relais_bench::to_json(&report))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                println!("report written to {}", path.display());
-            }
-            Ok(())
-        }
+        Cmd::Bench(args) => relais_bench::main_with(args).await,
         Cmd::Registry {
             cmd: RegistryCmd::Import { config, file },
         } => {
