@@ -34,8 +34,8 @@ use relais::config::Config;
 use relais::crypto::jws::{self, b64, SigningKey};
 use relais::crypto::Alg;
 use relais::identity::{registry_lookup_key, registry_outcome, PivotIdentity};
-use relais::provider::claims::ClaimsRequest;
-use relais::provider::{Ctx, Params};
+use relais::oidc::claims::ClaimsRequest;
+use relais::oidc::{Ctx, Params};
 use relais::web::Lang;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -193,7 +193,7 @@ pub fn params(fx: &Fixture, data: &[u8]) -> Outcome {
     let raw = text(data)?;
     let params = Params::parse(raw)?;
     let _ = params.get("decision");
-    match relais::provider::authorize::validate(&fx.ctx, &params, Lang::En) {
+    match relais::oidc::authorize::validate(&fx.ctx, &params, Lang::En) {
         Ok(req) => Ok(format!("valid request for {}", req.client_id)),
         Err(e) => {
             let resp = e.into_response();
@@ -329,7 +329,7 @@ pub fn client_assertion(fx: &Fixture, data: &[u8]) -> Outcome {
         .get("fuzz-jwt")
         .ok_or("no fuzz-jwt client")?;
     let jwks = client.jwks.clone().ok_or("no client jwks")?;
-    match relais::provider::token::check_assertion(&fx.ctx, client, &jwks, &token) {
+    match relais::oidc::token::check_assertion(&fx.ctx, client, &jwks, &token) {
         Some((jti, _)) => Ok(format!("accepted, jti {jti}")),
         None => Err("refused".into()),
     }
@@ -339,7 +339,7 @@ pub fn client_assertion(fx: &Fixture, data: &[u8]) -> Outcome {
 /// one audience.
 pub fn id_token_hint(fx: &Fixture, data: &[u8]) -> Outcome {
     let token = token_from(text(data)?, own_key(fx));
-    match relais::provider::logout::verify_hint(&fx.ctx, &token) {
+    match relais::oidc::logout::verify_hint(&fx.ctx, &token) {
         Some((client, sid)) => Ok(format!("hint for {client}, sid {sid:?}")),
         None => Err("not a valid hint".into()),
     }
@@ -413,7 +413,7 @@ pub fn basic_auth(data: &[u8]) -> Outcome {
     let value = axum::http::HeaderValue::from_bytes(data).map_err(|_| "not a header value")?;
     let mut headers = axum::http::HeaderMap::new();
     headers.insert(axum::http::header::AUTHORIZATION, value);
-    relais::provider::token::basic_credentials(&headers)
+    relais::oidc::token::basic_credentials(&headers)
         .map(|(id, _)| format!("client {id}"))
         .ok_or_else(|| "no credentials".to_string())
 }

@@ -395,7 +395,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Aidants { cmd } => {
-            use relais::mandates::cli;
+            use relais::aidants::cli;
             let out = match cmd {
                 AidantsCmd::OrgCreate {
                     config,
@@ -443,7 +443,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Journal { cmd } => {
-            use relais::mandates::cli;
+            use relais::aidants::cli;
             match cmd {
                 JournalCmd::Verify {
                     config,

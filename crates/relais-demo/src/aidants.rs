@@ -3,8 +3,8 @@
 //! person angela as an usager, and an active mandate. Created idempotently
 //! at each start of `relais demo`.
 
+use relais::aidants::{Actor, NewAidant, NewMandate, Role};
 use relais::identity::PivotIdentity;
-use relais::mandates::{Actor, NewAidant, NewMandate, Role};
 use serde_json::Value;
 
 pub const DEMO_ORG_NAME: &str = "France Services Démoville";
@@ -30,16 +30,16 @@ pub struct DemoAidants {
 
 /// The `otpauth://` URI of the demo aidant.
 pub fn demo_otpauth_uri() -> String {
-    relais::mandates::totp::otpauth_uri(DEMO_AIDANT_EMAIL, DEMO_AIDANT_TOTP)
+    relais::aidants::totp::otpauth_uri(DEMO_AIDANT_EMAIL, DEMO_AIDANT_TOTP)
 }
 
 /// Create (or find) the demo organisation, aidant, usager and mandate.
 pub async fn seed(stack: &crate::Stack) -> Result<DemoAidants, String> {
     let store = &stack.state.store;
     let now = stack.state.now();
-    let salt = relais::mandates::cli::salt(&stack.config)?;
-    let key = relais::mandates::cli::totp_key(&stack.config)?;
-    let err = |e: relais::mandates::MandateError| format!("demo aidants: {e:?}");
+    let salt = relais::aidants::cli::salt(&stack.config)?;
+    let key = relais::aidants::cli::totp_key(&stack.config)?;
+    let err = |e: relais::aidants::MandateError| format!("demo aidants: {e:?}");
     let serr = |e: relais::store::StoreError| format!("demo aidants: {e}");
     let org = match store
         .organisation_by_siret(DEMO_ORG_SIRET)
@@ -126,7 +126,7 @@ pub async fn seed(stack: &crate::Stack) -> Result<DemoAidants, String> {
                         domains: &DEMO_MANDATE_DOMAINS,
                         duration_days: 365,
                         consent_version: "demo",
-                        consent_hash: &relais::mandates::journal::sha256_hex(b"demo mandate"),
+                        consent_hash: &relais::aidants::journal::sha256_hex(b"demo mandate"),
                     },
                     &stack.config.aidants.domains,
                     now,

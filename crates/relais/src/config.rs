@@ -71,7 +71,7 @@ fn default_purge_usagers_interval() -> u64 {
     86_400
 }
 fn default_domains() -> Vec<String> {
-    crate::mandates::DEFAULT_DOMAINS
+    crate::aidants::DEFAULT_DOMAINS
         .iter()
         .map(|d| d.to_string())
         .collect()
@@ -577,7 +577,7 @@ impl Config {
         }
         let mut seen_domains = std::collections::HashSet::new();
         for d in &a.domains {
-            if !crate::mandates::valid_domain_name(d) {
+            if !crate::aidants::valid_domain_name(d) {
                 errs.push(format!(
                     "aidants.domains: {d:?} is not a lowercase slug (1 to 32 of a-z, 0-9, - and _)"
                 ));
@@ -597,7 +597,7 @@ impl Config {
                     "federation id {id:?}: letters, digits, - and _ only"
                 ));
             }
-            if id == crate::mandates::journal_key::JOURNAL_KEY_DIR {
+            if id == crate::aidants::journal_key::JOURNAL_KEY_DIR {
                 errs.push(format!(
                     "federation id {id:?} is reserved (its key folder would be the journal key's)"
                 ));
@@ -923,7 +923,7 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert!(c.federations["citizen"].clients[0]
             .delegation_domains
             .iter()
-            .all(|d| crate::mandates::DEFAULT_DOMAINS.contains(&d.as_str())));
+            .all(|d| crate::aidants::DEFAULT_DOMAINS.contains(&d.as_str())));
         let bad = format!("{MIN}delegation_domains = [\"social\", \"impots\"]\n");
         let e = Config::from_toml_with_env(&bad, vec![])
             .unwrap_err()
@@ -944,7 +944,7 @@ redirect_uris = ["http://127.0.0.1:9000/cb"]
         assert_eq!(c.aidants.retention_days, 1825);
         assert_eq!(c.aidants.journal_head_interval_secs, 3600);
         assert_eq!(c.aidants.purge_usagers_interval_secs, 86_400);
-        assert_eq!(c.aidants.domains, crate::mandates::DEFAULT_DOMAINS);
+        assert_eq!(c.aidants.domains, crate::aidants::DEFAULT_DOMAINS);
         let custom = format!(
             "{MIN}delegation_domains = [\"impots\"]\n\
              [aidants]\nretention_days = 30\njournal_head_interval_secs = 0\n\

@@ -80,19 +80,19 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl From<crate::mandates::LoginError> for AppError {
-    fn from(e: crate::mandates::LoginError) -> Self {
+impl From<crate::aidants::LoginError> for AppError {
+    fn from(e: crate::aidants::LoginError) -> Self {
         match e {
-            crate::mandates::LoginError::Store(e) => e.into(),
-            e @ crate::mandates::LoginError::Refused => AppError::internal(e),
+            crate::aidants::LoginError::Store(e) => e.into(),
+            e @ crate::aidants::LoginError::Refused => AppError::internal(e),
         }
     }
 }
 
-impl From<crate::mandates::MandateError> for AppError {
-    fn from(e: crate::mandates::MandateError) -> Self {
+impl From<crate::aidants::MandateError> for AppError {
+    fn from(e: crate::aidants::MandateError) -> Self {
         match e {
-            crate::mandates::MandateError::Store(e) => e.into(),
+            crate::aidants::MandateError::Store(e) => e.into(),
             e => AppError::Internal(format!("{e:?}")),
         }
     }

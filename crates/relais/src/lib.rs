@@ -4,6 +4,7 @@
 //! and the tests.
 
 pub mod agent;
+pub mod aidants;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -12,8 +13,7 @@ pub mod federation;
 pub mod http_serve;
 pub mod identity;
 pub mod limits;
-pub mod mandates;
-pub mod provider;
+pub mod oidc;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -34,7 +34,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(state.clone()));
     for fed in &state.federations {
-        let r = provider::router(state.clone(), fed.clone());
+        let r = oidc::router(state.clone(), fed.clone());
         router = if fed.prefix.is_empty() {
             router.merge(r)
         } else {
@@ -72,13 +72,13 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
 /// Largest request body read (forms, token requests): far above what a
 /// form or a token request needs, small enough that thousands of
 /// connections cannot hold much memory. Past it: 413, in the route's error
-/// channel (see `provider::FormBody`, `provider::OAuthBody`).
+/// channel (see `oidc::FormBody`, `oidc::OAuthBody`).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 async fn not_found(base: Option<web::PageBase>, headers: axum::http::HeaderMap) -> Response {
     match base {
         Some(mut base) => {
-            let lang = provider::lang_from(&headers, None);
+            let lang = oidc::lang_from(&headers, None);
             base.lang = lang.code();
             error::AppError::Page {
                 status: axum::http::StatusCode::NOT_FOUND,

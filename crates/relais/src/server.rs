@@ -48,16 +48,16 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     spawn_maintenance(state.clone(), config.server.purge_interval_secs);
     if config.aidants.journal_head_interval_secs > 0 {
         // Created (or loaded) now, so that a problem stops the start.
-        let key = crate::mandates::cli::journal_key(config)?;
+        let key = crate::aidants::cli::journal_key(config)?;
         tracing::info!(kid = %key.signer.kid, "journal signing key loaded");
     }
-    crate::mandates::journal::spawn_head_signing(
+    crate::aidants::journal::spawn_head_signing(
         state.clone(),
         config.aidants.journal_head_interval_secs,
         config.server.keys_dir.clone(),
         config.aidants.journal_heads_file.clone(),
     );
-    crate::mandates::journal::spawn_retention_purge(
+    crate::aidants::journal::spawn_retention_purge(
         state.clone(),
         config.aidants.purge_usagers_interval_secs,
         config.aidants.retention_days,
@@ -138,7 +138,7 @@ pub async fn import_registry(config: &Config, csv: &str) -> Result<usize, String
             (
                 r.identity.identity_key(),
                 crate::identity::registry_lookup_key(&r.identity),
-                crate::provider::authorize::record_json(r),
+                crate::oidc::callback::record_json(r),
             )
         })
         .collect();

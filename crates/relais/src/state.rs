@@ -87,7 +87,7 @@ pub struct AppState {
     pub journal_salt_path: std::path::PathBuf,
     /// The TOTP key (`{keys_dir}/totp-key`), read once at start (created
     /// then if absent, with a warning), for the aidant pages.
-    pub totp_key: crate::mandates::TotpKey,
+    pub totp_key: crate::aidants::TotpKey,
     /// The procedure domains mandates may cover (`[aidants] domains`).
     pub aidant_domains: Vec<String>,
     /// Every argon2 run of the process goes through this gate (shared with
@@ -250,7 +250,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
             cfg: f.clone(),
         }));
     }
-    let totp_key = crate::mandates::TotpKey::at_start(&config.server.keys_dir)?;
+    let totp_key = crate::aidants::TotpKey::at_start(&config.server.keys_dir)?;
     Ok(AppState {
         argon2: store.argon2_gate(),
         store,
@@ -259,7 +259,7 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         federations,
         secure_cookies,
         trust_forwarded: config.server.trust_forwarded_headers,
-        journal_salt_path: config.server.keys_dir.join(crate::mandates::SALT_FILE),
+        journal_salt_path: config.server.keys_dir.join(crate::aidants::SALT_FILE),
         totp_key,
         aidant_domains: config.aidants.domains.clone(),
         throttle: Default::default(),

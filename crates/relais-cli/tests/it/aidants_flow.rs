@@ -4,8 +4,8 @@
 //! client) receives the usager's identity and pairwise `sub` plus `act` and
 //! `mandate`; the mandate is re-checked at the token endpoint and userinfo.
 
+use relais::aidants::{totp, Actor, NewAidant, NewMandate, Role, Salt};
 use relais::identity::{pairwise_sub, PivotIdentity};
-use relais::mandates::{totp, Actor, NewAidant, NewMandate, Role, Salt};
 use relais::store::Store;
 use relais_testkit::*;
 use serde_json::{json, Value};
@@ -41,8 +41,8 @@ fn salt() -> Salt {
 }
 
 /// The TOTP encryption key of the Relais under test (in its keys folder).
-fn totp_key(env: &Env) -> relais::mandates::TotpKey {
-    relais::mandates::TotpKey::beside(&env.stack.state.journal_salt_path).unwrap()
+fn totp_key(env: &Env) -> relais::aidants::TotpKey {
+    relais::aidants::TotpKey::beside(&env.stack.state.journal_salt_path).unwrap()
 }
 
 async fn aidant(env: &Env, email: &str, org: &str, now: i64) -> (String, String) {
@@ -108,7 +108,7 @@ async fn setup(env: &Env) -> Setup {
                 consent_version: "v1",
                 consent_hash: "h",
             },
-            &relais::mandates::default_domains(),
+            &relais::aidants::default_domains(),
             now,
         )
         .await
@@ -353,7 +353,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
                     consent_version: "v1",
                     consent_hash: "h",
                 },
-                &relais::mandates::default_domains(),
+                &relais::aidants::default_domains(),
                 now,
             )
             .await
@@ -879,7 +879,7 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         let days = (m.authorisations[0].expires_at - m.authorisations[0].starts_at) / 86_400;
         assert_eq!(days, 30);
         let org = store.organisation(&demo.org_id).await.unwrap().unwrap();
-        let hash = relais::provider::mandate_new::attestation_hash(&m, &org);
+        let hash = relais::aidants::rules::attestation_hash(&m, &org);
         assert!(html.contains(&hash) && html.contains(&mid), "{html}");
         let (_, claims) = store.usager(&m.usager_id).await.unwrap().unwrap();
         assert!(claims.unwrap().contains("Mercier"));
@@ -1043,7 +1043,7 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         );
         let m = store.mandate(&mid).await.unwrap().unwrap();
         let org = store.organisation(&m.org_id).await.unwrap().unwrap();
-        assert!(html.contains(&relais::provider::mandate_new::revocation_hash(&m, &org)));
+        assert!(html.contains(&relais::aidants::rules::revocation_hash(&m, &org)));
         assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 401);
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 200);
 
@@ -1213,7 +1213,7 @@ async fn usager_sees_and_revokes_own_mandate() {
                     consent_version: "v1",
                     consent_hash: "h",
                 },
-                &relais::mandates::default_domains(),
+                &relais::aidants::default_domains(),
                 now,
             )
             .await
@@ -1432,7 +1432,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         let new = store.mandate(&new_id).await.unwrap().unwrap();
         assert_eq!(new.usager_id, old.usager_id);
         assert_eq!(new.org_id, old.org_id);
-        let domains = |m: &relais::mandates::Mandate| {
+        let domains = |m: &relais::aidants::Mandate| {
             let mut d: Vec<String> = m.authorisations.iter().map(|a| a.domain.clone()).collect();
             d.sort();
             d
@@ -1506,7 +1506,7 @@ fn browser_from(forwarded_for: &str) -> Browser {
 }
 
 /// Journal entries of one kind.
-async fn journal_of(store: &Store, kind: &str) -> Vec<relais::mandates::journal::Entry> {
+async fn journal_of(store: &Store, kind: &str) -> Vec<relais::aidants::journal::Entry> {
     store
         .journal_page(0, 10_000)
         .await
@@ -1553,7 +1553,7 @@ async fn aidant_login_csrf_and_sign_out() {
 
         // Without a token, with a wrong one, and from a browser without
         // the cookie: 403, more times than the lockout and throttle limits.
-        for i in 0..(relais::provider::aidant::THROTTLE_MAX_FAILURES + 1) {
+        for i in 0..(relais::aidants::pages::interaction::THROTTLE_MAX_FAILURES + 1) {
             let mut fields = credentials("wrong password!", demo_code(&env));
             if i % 2 == 1 {
                 fields.push(("csrf".into(), "forged".into()));
@@ -1657,7 +1657,7 @@ async fn aidant_login_csrf_and_sign_out() {
 /// sign-in; another address still signs in; the window then expires.
 #[tokio::test]
 async fn aidant_sign_ins_throttled_per_ip() {
-    use relais::provider::aidant::{THROTTLE_MAX_FAILURES, THROTTLE_WINDOW_SECS};
+    use relais::aidants::pages::interaction::{THROTTLE_MAX_FAILURES, THROTTLE_WINDOW_SECS};
     use relais_demo::aidants::*;
     for db in databases() {
         let env = Env::start_with(
@@ -1819,7 +1819,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
                     consent_version: "v1",
                     consent_hash: "h",
                 },
-                &relais::mandates::default_domains(),
+                &relais::aidants::default_domains(),
                 now,
             )
             .await
@@ -1882,7 +1882,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
             "{html}"
         );
         assert!(journal_of(store, "aidant.org_switched").await.is_empty());
-        let current = |a: relais::mandates::Aidant| a.current_org.unwrap();
+        let current = |a: relais::aidants::Aidant| a.current_org.unwrap();
         assert_eq!(
             current(
                 store
@@ -2016,7 +2016,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
 /// rest 429. A success does not use up the address's allowance.
 #[tokio::test]
 async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
-    use relais::provider::aidant::THROTTLE_MAX_FAILURES;
+    use relais::aidants::pages::interaction::THROTTLE_MAX_FAILURES;
     use relais_demo::aidants::*;
     for db in databases() {
         let env = Env::start_with(

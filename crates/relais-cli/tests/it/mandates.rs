@@ -4,14 +4,14 @@
 //! tamper-evident journal (append-only triggers, tampering detected,
 //! concurrent appends, signed heads), and the admin command line.
 
-use relais::crypto::{keys, Alg, KeySet};
-use relais::mandates::journal::{self, Event, JournalError};
-use relais::mandates::journal_key::{self, JournalKey, PublicKeys};
-use relais::mandates::{
+use relais::aidants::journal::{self, Event, JournalError};
+use relais::aidants::journal_key::{self, JournalKey, PublicKeys};
+use relais::aidants::pages::enrolment;
+use relais::aidants::{
     default_domains, totp, Actor, LoginError, MandateError, NewAidant, NewMandate, Role, Salt,
     TotpKey,
 };
-use relais::provider::enrolment;
+use relais::crypto::{keys, Alg, KeySet};
 use relais::store::{Backend, Store};
 use relais_testkit::*;
 use serde_json::{json, Value};
@@ -169,7 +169,7 @@ fn wrong_code(secret: &str, now: i64) -> String {
         .unwrap()
 }
 
-fn refused(r: Result<relais::mandates::AidantLogin, LoginError>, what: &str) {
+fn refused(r: Result<relais::aidants::AidantLogin, LoginError>, what: &str) {
     match r {
         Err(LoginError::Refused) => {}
         other => panic!("{what}: expected a refusal, got {other:?}"),
@@ -198,7 +198,7 @@ async fn organisations_need_a_valid_unique_siret() {
         assert!(org.domains.is_empty());
         assert_eq!(
             org.allowed_domains(&default_domains()),
-            relais::mandates::DEFAULT_DOMAINS.map(String::from).to_vec()
+            relais::aidants::DEFAULT_DOMAINS.map(String::from).to_vec()
         );
         for bad in [
             "35600000000049", // Luhn fails
@@ -1555,7 +1555,7 @@ async fn cli_aidants_and_journal_verify_detects_tampering() {
             .to_string();
         assert!(totp::base32_decode(&secret).is_some_and(|k| k.len() == 20));
         // The password read from stdin is the one stored.
-        let now = relais::mandates::cli::now();
+        let now = relais::aidants::cli::now();
         let login = d
             .store
             .verify_password_and_totp(

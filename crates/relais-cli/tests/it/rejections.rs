@@ -12,6 +12,9 @@ const NOT_UTF8: &[u8] = b"grant_type=authorization_code&code=\xff\xfe";
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A connection the server closed after an early 413 must not be
+        // reused for the next request (a pooled one raced that close).
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap()
 }

@@ -225,7 +225,7 @@ async fn aidant_form(
 async fn demo_aidant_sign_in(env: &Env, b: &Browser) -> (u16, String) {
     use relais_demo::aidants::*;
     env.stack.state.clock.advance(30);
-    let code = relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+    let code = relais::aidants::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
     let (target, fields) = aidant_form(
         b,
         env.broker(),
@@ -260,7 +260,7 @@ async fn parallel_sign_ins_with_one_code_do_not_lock_the_aidant() {
         for round in 0..2 {
             env.stack.state.clock.advance(30);
             let code =
-                relais::mandates::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
+                relais::aidants::totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
             // Each browser gets its login form (and CSRF cookie) first.
             let mut ready = vec![];
             for _ in 0..6 {
@@ -946,7 +946,7 @@ async fn bounded_parameters_and_harmless_anonymous_requests() {
     // A bounded number of sign-ins started per browser (the first request
     // above had no cookie yet; the choice page GET is not a start).
     let mut last = 0;
-    for i in 0..relais::provider::authorize::MAX_PENDING_PER_BROWSER {
+    for i in 0..relais::oidc::authorize::MAX_PENDING_PER_BROWSER {
         let r = browser
             .http
             .get(&rp.authorize(&["openid"], &[]).url)

@@ -6,7 +6,7 @@
 //! authentication (`prompt=login`, `max_age=0`) instead of silent single
 //! sign-on as the usager.
 
-use relais::mandates::totp;
+use relais::aidants::totp;
 use relais_demo::aidants::*;
 use relais_demo::idp::Faults;
 use relais_testkit::*;

@@ -17,11 +17,11 @@ pub enum Backend {
 
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-    breaker: std::sync::Arc<Breaker>,
+    pub(crate) backend: Backend,
+    pub(crate) breaker: std::sync::Arc<Breaker>,
     /// The process's argon2 gate: the store verifies aidant passwords; the
     /// application state holds the same gate for client secrets.
-    argon2: std::sync::Arc<crate::crypto::gate::Argon2Gate>,
+    pub(crate) argon2: std::sync::Arc<crate::crypto::gate::Argon2Gate>,
 }
 
 /// Fail fast while PostgreSQL is unreachable. Without it, every request
@@ -84,7 +84,7 @@ impl Breaker {
             .store(until, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn observe<T, E: Failure>(&self, r: &std::result::Result<T, E>) {
+    pub(crate) fn observe<T, E: Failure>(&self, r: &std::result::Result<T, E>) {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.enabled {
             return;
@@ -109,7 +109,7 @@ impl Breaker {
     }
 }
 
-enum FailureKind {
+pub(crate) enum FailureKind {
     /// The connection is gone: the database is unreachable.
     Lost,
     /// No connection within the pool's timeout (unreachable, or just busy).
@@ -117,7 +117,7 @@ enum FailureKind {
     Other,
 }
 
-trait Failure {
+pub(crate) trait Failure {
     fn kind(&self) -> FailureKind;
 }
 
@@ -148,7 +148,7 @@ impl Failure for StoreError {
 }
 
 /// What a call rejected by the open breaker returns.
-struct BreakerOpen;
+pub(crate) struct BreakerOpen;
 
 impl From<BreakerOpen> for sqlx::Error {
     fn from(_: BreakerOpen) -> Self {
@@ -256,14 +256,16 @@ macro_rules! on {
             Err($crate::store::BreakerOpen.into())
         } else {
             let r = match &$self.backend {
-                Backend::Sqlite($p) => $body,
-                Backend::Postgres($p) => $body,
+                $crate::store::Backend::Sqlite($p) => $body,
+                $crate::store::Backend::Postgres($p) => $body,
             };
             $self.breaker.observe(&r);
             r
         }
     }};
 }
+/// One SQL text for both databases: `on!(self, p => sqlx::query(..).fetch_one(p))`.
+pub(crate) use on;
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -721,5 +723,3 @@ impl Store {
         Ok(total)
     }
 }
-
-mod mandates;

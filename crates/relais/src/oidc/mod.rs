@@ -1,14 +1,19 @@
-//! Provider side: what services integrate (discovery, JWKS, authorize, token,
-//! userinfo, logout) plus the pages of a sign-in (choice, consent).
+//! The OpenID Provider side: what services integrate, one file per
+//! endpoint group — `authorize` (`/authorize`), `choose` (choice page,
+//! email routing, abort), `callback` (`/callback/{provider_id}`), `consent`
+//! (consent page, code), `token` (`/token`, `/userinfo`), `logout`
+//! (`/session/end`, `/logout/callback`), `claims` (claims selection) and
+//! `interaction` (the sign-in in progress). This file: the router, the
+//! handler context [`Ctx`], cookies, parameters and body extractors.
 
-pub mod aidant;
 pub mod authorize;
+pub mod callback;
+pub mod choose;
 pub mod claims;
-pub mod enrolment;
+pub mod consent;
+pub mod interaction;
 pub mod logout;
-pub mod mandate_new;
 pub mod token;
-pub mod usager;
 
 use crate::crypto::sha256_b64;
 use crate::error::AppError;
@@ -50,65 +55,23 @@ impl axum::extract::FromRequestParts<Ctx> for ClientAddress {
 /// Routes of one federation, relative to its issuer path.
 pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
     let ctx = Ctx { app, fed };
-    Router::new()
+    let mut router = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks", get(jwks))
         .route(
             "/authorize",
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
-        .route("/interaction/{id}", get(authorize::choose_page))
-        .route("/interaction/{id}/choose", post(authorize::choose_submit))
-        .route("/interaction/{id}/email", post(authorize::email_submit))
+        .route("/interaction/{id}", get(choose::choose_page))
+        .route("/interaction/{id}/choose", post(choose::choose_submit))
+        .route("/interaction/{id}/email", post(choose::email_submit))
         .route(
             "/interaction/{id}/consent",
-            get(authorize::consent_page).post(authorize::consent_submit),
+            get(consent::consent_page).post(consent::consent_submit),
         )
-        .route("/interaction/{id}/abort", get(authorize::abort))
-        .route(
-            "/interaction/{id}/aidant",
-            get(aidant::login_page).post(aidant::login_submit),
-        )
-        .route(
-            "/interaction/{id}/aidant/usagers",
-            get(aidant::usagers_page).post(aidant::usagers_submit),
-        )
-        .route("/aidant", get(mandate_new::home))
-        .route("/aidant/login", post(mandate_new::login_submit))
-        .route(
-            "/aidant/enrolment/{token}",
-            get(enrolment::page).post(enrolment::submit),
-        )
-        .route("/aidant/logout", post(mandate_new::logout_submit))
-        .route("/aidant/organisation", post(mandate_new::switch_submit))
-        .route("/aidant/mandats", post(mandate_new::draft_submit))
-        .route(
-            "/aidant/mandats/{mid}/attestation",
-            get(mandate_new::attestation),
-        )
-        .route(
-            "/aidant/mandats/{mid}/revoquer",
-            post(mandate_new::revoke_submit),
-        )
-        .route(
-            "/aidant/mandats/{mid}/renouveler",
-            get(mandate_new::renew_page).post(mandate_new::renew_submit),
-        )
-        .route(
-            "/aidant/mandats/{mid}/revocation",
-            get(mandate_new::revocation),
-        )
-        .route(
-            "/interaction/{id}/mandat",
-            get(mandate_new::recap_page).post(mandate_new::recap_submit),
-        )
-        .route("/usager", get(usager::start))
-        .route(
-            "/interaction/{id}/usager",
-            get(usager::page).post(usager::revoke),
-        )
-        .route("/callback", get(authorize::legacy_callback))
-        .route("/callback/{provider}", get(authorize::callback))
+        .route("/interaction/{id}/abort", get(choose::abort))
+        .route("/callback", get(callback::legacy_callback))
+        .route("/callback/{provider}", get(callback::callback))
         .route("/token", post(token::token))
         .route("/userinfo", get(token::userinfo).post(token::userinfo))
         .route(
@@ -117,9 +80,33 @@ pub fn router(app: Arc<AppState>, fed: Arc<Federation>) -> Router {
         )
         .route("/logout/callback", get(logout::upstream_logout_callback))
         .route("/static/relais.css", get(relais_css))
-        .route("/static/theme.css", get(theme_css))
+        .route("/static/theme.css", get(theme_css));
+    // The aidants' pages exist only in citizen federations; elsewhere
+    // their paths are unknown addresses (this federation's not-found page).
+    if ctx.fed.cfg.profile == crate::config::Profile::Citizen {
+        router = router.merge(crate::aidants::pages::router());
+    }
+    // Under an issuer path, an unknown address gets this federation's
+    // not-found page (the root's is set in `crate::app`).
+    if !ctx.fed.prefix.is_empty() {
+        router = router.fallback(not_found_here);
+    }
+    router
         .with_state(ctx)
         .layer(axum::middleware::from_fn(head_changes_nothing))
+}
+
+async fn not_found_here(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Read what was sent (within the body limit), as a route would: an
+    // unread body would cut the connection under a client still sending.
+    let _ = axum::body::to_bytes(body, crate::BODY_LIMIT).await;
+    let lang = lang_from(&headers, None);
+    ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
+        .into_response()
 }
 
 /// Longest query a cross-site POST is turned into (see [`repeat_as_get`]).
@@ -536,7 +523,7 @@ pub struct SessionData {
     /// An aidant's sign-in on this browser (delegated sign-in), reusable
     /// while fresh (see `aidant::AIDANT_FRESH_SECS`).
     #[serde(default)]
-    pub aidant: Option<aidant::AidantStep>,
+    pub aidant: Option<crate::aidants::pages::interaction::AidantStep>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,14 +3,14 @@
 //! their current organisation and a domain the service accepts; the service
 //! then receives the usager's identity plus `act` and `mandate` claims.
 
-use super::authorize::{check_csrf, load_interaction, Interaction};
-use super::{
-    load_session, Authn, Cookies, Ctx, Delegation, FormBody, Params, Segment, SessionData,
-};
 use crate::config::Profile;
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
 use crate::identity::pairwise_sub;
+use crate::oidc::interaction::{check_csrf, load_interaction, Interaction};
+use crate::oidc::{
+    load_session, Authn, Cookies, Ctx, Delegation, FormBody, Params, Segment, SessionData,
+};
 use crate::state::Client;
 use crate::store::Kind;
 use crate::web::Lang;
@@ -59,7 +59,8 @@ pub struct SignInGuard {
 impl FromRequestParts<Ctx> for SignInGuard {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, Self::Rejection> {
-        let super::ClientAddress(ip) = super::ClientAddress::from_request_parts(parts, ctx).await?;
+        let crate::oidc::ClientAddress(ip) =
+            crate::oidc::ClientAddress::from_request_parts(parts, ctx).await?;
         Ok(SignInGuard {
             key: format!("aidant-sign-in:{ip}"),
             reserved: Mutex::new(None),
@@ -258,7 +259,7 @@ pub async fn login_submit(
         .await;
     let login = match login {
         Ok(l) => l,
-        Err(crate::mandates::LoginError::Refused) => {
+        Err(crate::aidants::LoginError::Refused) => {
             tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, ok = false, "aidant sign-in refused");
             guard.failed(&ctx).await?;
             return login_form(&ctx, &id, &inter, client, true);
@@ -276,7 +277,7 @@ pub async fn login_submit(
     };
     // A new browser session holding only the aidant's sign-in (new id after
     // authentication: session fixation); it replaces any previous one.
-    let session = super::NewSession::new();
+    let session = crate::oidc::NewSession::new();
     let old = std::mem::replace(&mut inter.session, session.id.clone());
     let replaces = inter.had_session.then_some(old);
     inter.had_session = true;

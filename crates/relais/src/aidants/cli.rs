@@ -116,7 +116,7 @@ pub async fn org_list(config: &Config) -> Result<String, String> {
 async fn org_by_siret(
     store: &crate::store::Store,
     siret: &str,
-) -> Result<crate::mandates::Organisation, String> {
+) -> Result<crate::aidants::Organisation, String> {
     store
         .organisation_by_siret(siret)
         .await

@@ -1,17 +1,28 @@
 //! Aidants: professional helpers acting for a citizen (an *usager*) under a
 //! recorded mandate.
 //!
-//! This module is the foundation of that feature: the data model and its
-//! storage (SQL in `crate::store`, as `impl Store` methods), TOTP for the
-//! aidants' second factor (secrets encrypted at rest, [`secret`]), the
-//! tamper-evident journal, and the admin command line. The web flows live
-//! in `crate::provider` (`aidant`, `mandate_new`, `usager`, `enrolment`).
+//! The whole domain lives here:
+//! - this file: the data model (organisations, aidants, usagers, mandates
+//!   and their per-domain authorisations) and its errors;
+//! - [`rules`]: consent text, durations, attestation/revocation hashes,
+//!   renewal (pure functions);
+//! - `store/`: its SQL (`impl Store` methods, one file per subject), each
+//!   action in one transaction with its journal entry;
+//! - [`journal`], [`journal_key`]: the tamper-evident journal and its key;
+//! - [`totp`], [`secret`]: the aidants' second factor, secrets encrypted at rest;
+//! - [`pages`]: the web pages and their router, merged only into citizen
+//!   federations;
+//! - [`cli`]: `relais aidants …` and `relais journal …`.
+//!
 //! See `docs/aidants.md`.
 
 pub mod cli;
 pub mod journal;
 pub mod journal_key;
+pub mod pages;
+pub mod rules;
 pub mod secret;
+mod store;
 pub mod totp;
 
 pub use secret::TotpKey;
@@ -514,4 +525,13 @@ mod tests {
         a.revoked_at = Some(150);
         assert_eq!((a.is_active(120), a.status(120)), (false, "revoked"));
     }
+}
+
+/// What the aidant chose before the usager's sign-in.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MandateDraft {
+    pub aidant_id: String,
+    pub org_id: String,
+    pub domains: Vec<String>,
+    pub duration_days: i64,
 }

@@ -6,17 +6,15 @@
 //! revokes a domain or a whole mandate alone. Each display is journalled
 //! (`usager.consulted`).
 
-use super::authorize::{check_csrf, load_interaction, AuthRequest, Interaction};
-use super::mandate_new::{
-    auth_views, citizen_only, not_found, put_interaction, revoke as revoke_mandate, session_or_new,
-    AuthView,
-};
-use super::{lang_from, set_cookie, Cookies, Ctx, FormBody, Params, Segment};
+use super::attestation::{auth_views, revoke as revoke_mandate, AuthView};
+use super::space::{not_found, put_interaction, session_or_new};
+use crate::aidants::journal::Event;
+use crate::aidants::{Actor, Salt};
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
 use crate::identity::PivotIdentity;
-use crate::mandates::journal::Event;
-use crate::mandates::{Actor, Salt};
+use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
+use crate::oidc::{lang_from, set_cookie, Cookies, Ctx, FormBody, Params, Segment};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -36,7 +34,6 @@ pub async fn start(
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
     let fed = &ctx.fed;
-    citizen_only(&ctx, lang)?;
     // The interaction is bound to this browser's cookie (a new one if none).
     let (session, new_cookie) = session_or_new(&ctx, &cookies);
     let req = AuthRequest::own_sign_in(fed.url("/usager"), lang);
@@ -133,7 +130,7 @@ pub async fn page(
                 .filter(|(_, mid, _, _)| *mid == m.id)
                 .take(USES_SHOWN)
                 .map(|(at, _, client, domain)| UseView {
-                    at: crate::mandates::cli::utc(at),
+                    at: crate::aidants::cli::utc(at),
                     client: ctx
                         .client(&client)
                         .map(|c| c.cfg.name.clone())
@@ -143,7 +140,7 @@ pub async fn page(
                 .collect();
             mandates.push(MandateView {
                 organisation: org.map(|o| o.name).unwrap_or_default(),
-                created: super::aidant::date(m.created_at),
+                created: super::interaction::date(m.created_at),
                 authorisations: auth_views(&m, now),
                 revocable: m.authorisations.iter().any(|a| a.is_active(now)),
                 uses,

@@ -1,6 +1,6 @@
 //! Token endpoint (client authentication, code redemption, ID token) and userinfo.
 
-use super::authorize::CodeData;
+use super::interaction::CodeData;
 use super::{ClientAddress, Ctx, Params};
 use crate::config::ClientAuthMethod;
 use crate::crypto::{half_hash, random_token, sha256_b64};

@@ -7,11 +7,10 @@
 //! first code and that proof (`step=code`). Until then the new secret does
 //! not sign in (see `Store::issue_enrolment`).
 
-use super::aidant::SignInGuard;
-use super::mandate_new::citizen_only;
-use super::{lang_from, Ctx, FormBody, Params, Segment};
+use super::interaction::SignInGuard;
+use crate::aidants::{cli::utc, LoginError, PendingEnrolment, TotpKey};
 use crate::error::AppError;
-use crate::mandates::{cli::utc, LoginError, PendingEnrolment, TotpKey};
+use crate::oidc::{lang_from, Ctx, FormBody, Params, Segment};
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -191,7 +190,6 @@ pub async fn page(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
     password_form(&ctx, lang, &token, false, false).await
 }
 
@@ -205,7 +203,6 @@ pub async fn submit(
     FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
     let lang = lang_from(&headers, None);
-    citizen_only(&ctx, lang)?;
     if let Some(resp) = guard.refuse(&ctx, lang).await? {
         return Ok(private(resp, StatusCode::TOO_MANY_REQUESTS));
     }

@@ -1,0 +1,233 @@
+//! Creating a mandate: the aidant's draft (domains, duration), the usager's
+//! own sign-in on the aidant's screen, then the recap confirmed with a TOTP
+//! code (`/aidant/mandats`, `/interaction/{id}/mandat`).
+
+use super::interaction::SignInGuard;
+use super::space::*;
+use crate::aidants::rules::*;
+use crate::aidants::MandateDraft;
+use crate::aidants::{journal::sha256_hex, NewMandate, Salt};
+use crate::crypto::random_token;
+use crate::error::{redirect, AppError};
+use crate::identity::PivotIdentity;
+use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
+use crate::oidc::{lang_from, Cookies, Ctx, Params};
+use crate::oidc::{FormBody, Segment};
+use crate::store::Kind;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+
+/// POST `/aidant/mandats`: domains (`domain_<name>`) and `duration` (days);
+/// starts the usager's own sign-in.
+pub async fn draft_submit(
+    State(ctx): State<Ctx>,
+    cookies: Cookies,
+    headers: HeaderMap,
+    FormBody(body): FormBody,
+) -> Result<Response, AppError> {
+    let lang = lang_from(&headers, None);
+    let Some((form, sid, step)) = fresh_post(&ctx, &cookies, lang, &body).await? else {
+        return Ok(redirect(&home_url(&ctx)));
+    };
+    let bad = || {
+        ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some(home_url(&ctx)),
+        )
+    };
+    let org = ctx
+        .app
+        .store
+        .organisation(&step.org_id)
+        .await?
+        .filter(|o| o.active)
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+    let domains: Vec<String> = org
+        .allowed_domains(&ctx.app.aidant_domains)
+        .into_iter()
+        .filter(|d| form.get(&format!("domain_{d}")).is_some())
+        .collect();
+    let duration_days = form
+        .get("duration")
+        .and_then(|d| d.parse::<i64>().ok())
+        .filter(|d| DURATIONS.iter().any(|(days, _)| days == d))
+        .ok_or_else(bad)?;
+    if domains.is_empty() {
+        return Err(bad());
+    }
+    let req = AuthRequest::own_sign_in(home_url(&ctx), lang);
+    let inter = Interaction {
+        req,
+        session: sid,
+        had_session: true,
+        csrf: random_token(24),
+        provider: None,
+        pending: None,
+        state_hash: None,
+        authn: None,
+        candidates: None,
+        aidant: None,
+        mandate_draft: Some(MandateDraft {
+            aidant_id: step.aidant_id,
+            org_id: step.org_id,
+            domains,
+            duration_days,
+        }),
+        usager_consultation: false,
+    };
+    let id = put_interaction(&ctx, &inter).await?;
+    Ok(redirect(&ctx.fed.url(&format!("/interaction/{id}"))))
+}
+
+/// The draft and the usager's own sign-in; without the latter there is no
+/// recap.
+pub(super) fn draft_and_usager(
+    ctx: &Ctx,
+    inter: &Interaction,
+) -> Result<(MandateDraft, crate::oidc::Authn), AppError> {
+    let expired = || {
+        ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "interaction_expired",
+            Some(home_url(ctx)),
+        )
+    };
+    let draft = inter.mandate_draft.clone().ok_or_else(expired)?;
+    let authn = inter.authn.clone().ok_or_else(expired)?;
+    Ok((draft, authn))
+}
+
+pub(super) fn end_date(now: i64, days: i64) -> String {
+    super::interaction::date(now + days * 86_400)
+}
+
+pub(super) async fn recap(
+    ctx: &Ctx,
+    id: &str,
+    inter: &Interaction,
+    error: bool,
+) -> Result<Response, AppError> {
+    let (draft, authn) = draft_and_usager(ctx, inter)?;
+    let org = ctx
+        .app
+        .store
+        .organisation(&draft.org_id)
+        .await?
+        .ok_or_else(|| AppError::internal("organisation vanished"))?;
+    let now = ctx.now();
+    let mut resp = ctx.page(
+        inter.req.lang,
+        "aidant_recap.html",
+        minijinja::context! {
+            action => ctx.fed.url(&format!("/interaction/{id}/mandat")),
+            csrf => inter.csrf,
+            usager => authn.display_name,
+            birthdate => authn.claims.get("birthdate").and_then(Value::as_str).unwrap_or(""),
+            organisation => org.name,
+            siret => org.siret,
+            domains => draft.domains,
+            starts => super::interaction::date(now),
+            ends => end_date(now, draft.duration_days),
+            consent_version => CONSENT_VERSION,
+            consent_text => CONSENT_TEXT,
+            error => error,
+            back_url => home_url(ctx),
+        },
+    )?;
+    if error {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(resp)
+}
+
+/// GET `/interaction/{id}/mandat`: the recap, after the usager's sign-in.
+pub async fn recap_page(
+    State(ctx): State<Ctx>,
+    Segment(id): Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    recap(&ctx, &id, &inter, false).await
+}
+
+/// POST `/interaction/{id}/mandat`: the aidant confirms with a TOTP code
+/// that the usager was informed and agreed; the mandate is created.
+pub async fn recap_submit(
+    State(ctx): State<Ctx>,
+    Segment(id): Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+    guard: SignInGuard,
+    FormBody(body): FormBody,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let (draft, authn) = draft_and_usager(&ctx, &inter)?;
+    let lang = inter.req.lang;
+    match confirm(
+        &ctx,
+        &guard,
+        lang,
+        &form,
+        &draft.aidant_id,
+        "mandate_creation",
+    )
+    .await?
+    {
+        Confirmation::Confirmed => {}
+        Confirmation::Retry => return recap(&ctx, &id, &inter, true).await,
+        Confirmation::Throttled(resp) => return Ok(resp),
+    }
+    let store = &ctx.app.store;
+    let now = ctx.now();
+    // Single use of the interaction.
+    if store
+        .take(Kind::Interaction, &id, &ctx.fed.id, now)
+        .await?
+        .is_none()
+    {
+        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+    }
+    let identity = PivotIdentity::from_claims(&authn.claims).map_err(AppError::internal)?;
+    let salt = Salt::load_or_create(&ctx.app.journal_salt_path).map_err(AppError::internal)?;
+    let refused = |e: crate::aidants::MandateError| {
+        tracing::warn!(event = "mandate_creation_refused", error = ?e, "mandate creation refused");
+        refused_home(&ctx, lang)
+    };
+    let usager_id = store
+        .upsert_usager(&identity.identity_key(), &salt, now)
+        .await
+        .map_err(refused)?;
+    store
+        .set_usager_claims(&usager_id, &Value::Object(identity.to_claims()).to_string())
+        .await?;
+    let domains: Vec<&str> = draft.domains.iter().map(String::as_str).collect();
+    let mandate = store
+        .create_mandate(
+            &NewMandate {
+                org_id: &draft.org_id,
+                usager_id: &usager_id,
+                aidant_id: &draft.aidant_id,
+                domains: &domains,
+                duration_days: draft.duration_days,
+                consent_version: CONSENT_VERSION,
+                consent_hash: &sha256_hex(CONSENT_TEXT.as_bytes()),
+            },
+            &ctx.app.aidant_domains,
+            now,
+        )
+        .await
+        .map_err(refused)?;
+    tracing::info!(event = "mandate_created", federation = %ctx.fed.id, "mandate created");
+    Ok(redirect(&ctx.fed.url(&format!(
+        "/aidant/mandats/{}/attestation",
+        mandate.id
+    ))))
+}

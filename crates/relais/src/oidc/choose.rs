@@ -1,0 +1,167 @@
+//! The provider choice page (`/interaction/{id}`, `/interaction/{id}/choose`),
+//! email-first routing (`/interaction/{id}/email`) and abandoning a sign-in
+//! (`/interaction/{id}/abort`).
+
+use super::authorize::{agent_next, start_upstream};
+use super::interaction::*;
+use super::{Cookies, Ctx, Params};
+use crate::agent::identity::normalise_email;
+use crate::config::Profile;
+use crate::error::{redirect, AppError};
+use crate::store::Kind;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+
+pub async fn email_submit(
+    State(ctx): State<Ctx>,
+    super::Segment(id): super::Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+    super::FormBody(body): super::FormBody,
+) -> Result<Response, AppError> {
+    let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let Some(email) = form.get("email").and_then(normalise_email) else {
+        return Err(ctx.page_error(
+            inter.req.lang,
+            StatusCode::BAD_REQUEST,
+            "invalid_email",
+            Some(ctx.fed.url(&format!("/interaction/{id}"))),
+        ));
+    };
+    let url = agent_next(&ctx, &cookies, &id, &mut inter, &email).await?;
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .update(
+            Kind::Interaction,
+            &id,
+            &ctx.fed.id,
+            &data,
+            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    Ok(redirect(&url))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ProviderView {
+    id: String,
+    name: String,
+    disabled: bool,
+}
+
+pub async fn choose_page(
+    State(ctx): State<Ctx>,
+    super::Segment(id): super::Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let fed = &ctx.fed;
+    let client_name = ctx
+        .client(&inter.req.client_id)
+        .map(|c| c.cfg.name.clone())
+        .unwrap_or_default();
+    if fed.cfg.profile == Profile::Agent && inter.candidates.is_none() {
+        return ctx.page(
+            inter.req.lang,
+            "email.html",
+            minijinja::context! {
+                action => fed.url(&format!("/interaction/{id}/email")),
+                csrf => inter.csrf,
+                email => inter.req.login_hint.clone().unwrap_or_default(),
+                client_name => client_name,
+                back_url => fed.url(&format!("/interaction/{id}/abort")),
+            },
+        );
+    }
+    let min_rank = inter.req.acr_min.as_deref().and_then(|a| fed.acr_rank(a));
+    let providers: Vec<ProviderView> = fed
+        .providers
+        .iter()
+        .filter(|p| {
+            let listed = match &inter.candidates {
+                Some(c) => c.contains(&p.cfg.id),
+                None => p.cfg.display,
+            };
+            listed && fed.provider_allowed(p, &inter.req.client_id)
+        })
+        .map(|p| ProviderView {
+            id: p.cfg.id.clone(),
+            name: p.cfg.name.clone(),
+            disabled: fed.provider_max_rank(p) < min_rank,
+        })
+        .collect();
+    // Delegated sign-in: only for services that accept it.
+    // Delegated sign-in: only for services that accept it, and when an
+    // aidant's authentication is enough for the level asked.
+    let aidant_url = ctx
+        .client(&inter.req.client_id)
+        .filter(|c| !c.cfg.delegation_domains.is_empty())
+        .filter(|_| fed.acr_rank(crate::aidants::pages::interaction::AIDANT_ACR) >= min_rank)
+        .map(|_| fed.url(&format!("/interaction/{id}/aidant")));
+    ctx.page(
+        inter.req.lang,
+        "choose.html",
+        minijinja::context! {
+            action => fed.url(&format!("/interaction/{id}/choose")),
+            csrf => inter.csrf,
+            providers => providers,
+            client_name => client_name,
+            back_url => fed.url(&format!("/interaction/{id}/abort")),
+            aidant_url => aidant_url,
+        },
+    )
+}
+
+pub async fn abort(
+    State(ctx): State<Ctx>,
+    super::Segment(id): super::Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    ctx.app
+        .store
+        .delete(Kind::Interaction, &id, &ctx.fed.id)
+        .await?;
+    Ok(redirect(&ctx.back_url(&inter.req, "access_denied")))
+}
+
+pub async fn choose_submit(
+    State(ctx): State<Ctx>,
+    super::Segment(id): super::Segment,
+    cookies: Cookies,
+    headers: HeaderMap,
+    super::FormBody(body): super::FormBody,
+) -> Result<Response, AppError> {
+    let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
+    let form = Params::parse(&body).unwrap_or_default();
+    check_csrf(&ctx, &inter, &form)?;
+    let provider = form.get("provider").unwrap_or("").to_string();
+    if inter
+        .candidates
+        .as_ref()
+        .is_some_and(|c| !c.contains(&provider))
+    {
+        return Err(ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "invalid_request"));
+    }
+    let url = start_upstream(&ctx, &cookies, &id, &mut inter, &provider).await?;
+    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
+    ctx.app
+        .store
+        .update(
+            Kind::Interaction,
+            &id,
+            &ctx.fed.id,
+            &data,
+            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
+        )
+        .await?;
+    tracing::info!(event = "idp_chosen", federation = %ctx.fed.id, provider = %provider, via = "choice_page", "identity provider chosen");
+    Ok(redirect(&url))
+}

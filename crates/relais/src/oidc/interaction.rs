@@ -1,0 +1,220 @@
+//! A sign-in in progress: the validated request ([`AuthRequest`]), the
+//! interaction row that carries it between pages ([`Interaction`]), what a
+//! code stands for ([`CodeData`]), and the helpers every sign-in page uses
+//! (loading the interaction, its CSRF check, error redirects and pages).
+
+use super::claims::ClaimsRequest;
+use super::{lang_from, Authn, Cookies, Ctx, Params};
+use crate::error::{with_query, AppError};
+use crate::state::Client;
+use crate::store::Kind;
+use crate::web::Lang;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A validated authorization request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub code_challenge: Option<String>,
+    pub acr_min: Option<String>,
+    pub prompt: Vec<String>,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<String>,
+    pub idp_hint: Option<String>,
+    /// Agent profile: forwarded to the provider.
+    #[serde(default)]
+    pub siret_hint: Option<String>,
+    pub lang: Lang,
+    pub claims: ClaimsRequest,
+}
+
+impl AuthRequest {
+    /// A sign-in for Relais' own pages (no service): the person signs in anew
+    /// at their provider (`prompt=login`, the screen may be shared) and comes
+    /// back to `return_to`.
+    pub fn own_sign_in(return_to: String, lang: Lang) -> AuthRequest {
+        AuthRequest {
+            client_id: String::new(),
+            redirect_uri: return_to,
+            state: None,
+            nonce: None,
+            scopes: vec![],
+            code_challenge: None,
+            acr_min: None,
+            prompt: vec!["login".into()],
+            max_age: None,
+            login_hint: None,
+            idp_hint: None,
+            siret_hint: None,
+            lang,
+            claims: ClaimsRequest::default(),
+        }
+    }
+}
+
+/// A sign-in in progress, bound to the browser session that started it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interaction {
+    pub req: AuthRequest,
+    /// Hash of the browser's session cookie (binds the interaction to it).
+    pub session: String,
+    /// Whether a session row existed for that cookie when the sign-in began.
+    #[serde(default)]
+    pub had_session: bool,
+    pub csrf: String,
+    pub provider: Option<String>,
+    /// Upstream sign-in in progress; the upstream `state` is
+    /// `<interaction id>.<secret>` and only the secret's hash is kept.
+    #[serde(default)]
+    pub pending: Option<crate::federation::PendingUpstream>,
+    #[serde(default)]
+    pub state_hash: Option<String>,
+    /// The authentication used (set at the callback, or from SSO).
+    #[serde(default)]
+    pub authn: Option<Authn>,
+    /// Agent profile: providers matching the email's domain (short choice).
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
+    /// Delegated sign-in: the aidant who signed in during this interaction.
+    #[serde(default)]
+    pub aidant: Option<crate::aidants::pages::interaction::AidantStep>,
+    /// Mandate creation: the usager signs in themselves on the aidant's
+    /// screen; the callback then goes to the recap, not to a service.
+    #[serde(default)]
+    pub mandate_draft: Option<crate::aidants::MandateDraft>,
+    /// Usager consultation: the person signs in to see and revoke the
+    /// mandates about them; the callback goes to that page, never to a
+    /// service, and no broker session is created.
+    #[serde(default)]
+    pub usager_consultation: bool,
+}
+
+/// What a code stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeData {
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub sub: String,
+    /// Claims for userinfo (scope-filtered).
+    pub userinfo: Map<String, Value>,
+    /// Extra claims for the ID token (claims request parameter).
+    pub id_token_extra: Map<String, Value>,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+    pub auth_time: i64,
+    pub sid: String,
+    pub session: String,
+    /// Delegated sign-in: re-checked at the token endpoint.
+    #[serde(default)]
+    pub delegation: Option<super::Delegation>,
+}
+
+impl Ctx {
+    pub(crate) fn redirect_error(
+        &self,
+        req: &AuthRequest,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> AppError {
+        AppError::Redirect {
+            redirect_uri: req.redirect_uri.clone(),
+            error,
+            description: description.into(),
+            state: req.state.clone(),
+            iss: self.fed.issuer.clone(),
+        }
+    }
+
+    /// Link returning `access_denied` (with the original state) to the service.
+    pub fn back_url(&self, req: &AuthRequest, error: &str) -> String {
+        let mut p = vec![("error", error)];
+        if let Some(s) = &req.state {
+            p.push(("state", s));
+        }
+        p.push(("iss", &self.fed.issuer));
+        with_query(&req.redirect_uri, &p)
+    }
+
+    /// Error page for this sign-in, with a link returning `access_denied`
+    /// (and the original state) to the service.
+    pub(crate) fn refuse(
+        &self,
+        req: &AuthRequest,
+        status: StatusCode,
+        code: &'static str,
+    ) -> AppError {
+        self.page_error(
+            req.lang,
+            status,
+            code,
+            Some(self.back_url(req, "access_denied")),
+        )
+    }
+
+    pub(crate) fn client(&self, id: &str) -> Option<&Client> {
+        self.fed.clients.get(id)
+    }
+
+    /// The service of a request held in an interaction. Relais' own
+    /// sign-ins (the usager page, a mandate's usager) have none and never
+    /// reach the consent or code steps; a request that sends them there
+    /// (or whose service was removed from the configuration meanwhile) gets
+    /// the "sign-in expired" page, never a 500.
+    pub(crate) fn client_of(&self, req: &AuthRequest) -> Result<&Client, AppError> {
+        self.client(&req.client_id).ok_or_else(|| {
+            tracing::info!(federation = %self.fed.id, "interaction without a service at a service step");
+            self.page_error(req.lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+        })
+    }
+}
+
+/// Load an interaction and check it belongs to this browser.
+pub(crate) async fn load_interaction(
+    ctx: &Ctx,
+    id: &str,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<Interaction, AppError> {
+    load_interaction_raw(ctx, id, cookies, headers)
+        .await
+        .map(|(i, _)| i)
+}
+
+/// Same, with the stored JSON (for compare-and-swap updates).
+pub(crate) async fn load_interaction_raw(
+    ctx: &Ctx,
+    id: &str,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<(Interaction, String), AppError> {
+    let lang = lang_from(headers, None);
+    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let raw = ctx
+        .app
+        .store
+        .get(Kind::Interaction, id, &ctx.fed.id, ctx.now())
+        .await?
+        .ok_or_else(expired)?;
+    let inter: Interaction = serde_json::from_str(&raw).map_err(AppError::internal)?;
+    if cookies.session_id(&ctx.fed).as_deref() != Some(inter.session.as_str()) {
+        return Err(expired());
+    }
+    Ok((inter, raw))
+}
+
+pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Result<(), AppError> {
+    let given = form.get("csrf").unwrap_or("");
+    if !crate::crypto::ct_eq(given.as_bytes(), inter.csrf.as_bytes()) {
+        tracing::warn!(federation = %ctx.fed.id, "CSRF token missing or wrong");
+        return Err(ctx.page_error(inter.req.lang, StatusCode::FORBIDDEN, "csrf", None));
+    }
+    Ok(())
+}
