@@ -29,13 +29,14 @@
 use axum::response::IntoResponse;
 use openidconnect::core::{CoreIdToken, CoreJsonWebKeySet};
 use openidconnect::{IssuerUrl, Nonce};
-use relais::agent::identity::{AgentIdentity, SiretPolicy};
+use relais::app::Ctx;
 use relais::config::Config;
 use relais::crypto::jws::{self, b64, SigningKey};
 use relais::crypto::Alg;
-use relais::identity::{registry_lookup_key, registry_outcome, PivotIdentity};
+use relais::http::params::Params;
 use relais::oidc::claims::ClaimsRequest;
-use relais::oidc::{Ctx, Params};
+use relais::subject::agent::identity::{AgentIdentity, SiretPolicy};
+use relais::subject::citizen::{registry_lookup_key, registry_outcome, PivotIdentity};
 use relais::web::Lang;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -115,7 +116,7 @@ pub async fn fixture(dir: &Path) -> Result<Fixture, String> {
     let store = relais::store::Store::connect(&config.server.database_url, 1)
         .await
         .map_err(|e| e.to_string())?;
-    let app = relais::state::build(&config, store).await?;
+    let app = relais::app::build(&config, store).await?;
     let fed = app
         .federations
         .first()
@@ -244,7 +245,7 @@ pub fn jws(fx: &Fixture, data: &[u8]) -> Outcome {
     let id_token = CoreIdToken::from_str(&token).map_err(|e| format!("id token: {e}"));
     let upstream = id_token.and_then(|t| {
         let checked = generic.is_ok();
-        let with_sig = relais::federation::verify_id_token_claims(
+        let with_sig = relais::upstream::verify_id_token_claims(
             &t,
             UPSTREAM_CLIENT_ID,
             &issuer,
@@ -252,7 +253,7 @@ pub fn jws(fx: &Fixture, data: &[u8]) -> Outcome {
             false,
             &nonce,
         );
-        let without = relais::federation::verify_id_token_claims(
+        let without = relais::upstream::verify_id_token_claims(
             &t,
             UPSTREAM_CLIENT_ID,
             &issuer,
@@ -263,7 +264,7 @@ pub fn jws(fx: &Fixture, data: &[u8]) -> Outcome {
         with_sig.map_err(|e| e.to_string())?;
         without.map_err(|e| e.to_string())
     });
-    let payload = relais::federation::decode_payload(&token);
+    let payload = relais::upstream::decode_payload(&token);
     match (ours, upstream) {
         (Ok(()), Ok(())) => {
             assert!(payload.is_some(), "verified token without a payload");
@@ -295,7 +296,7 @@ pub fn jwks(fx: &Fixture, data: &[u8]) -> Outcome {
                 let issuer =
                     IssuerUrl::new(UPSTREAM_ISSUER.to_string()).map_err(|e| e.to_string())?;
                 let nonce = Nonce::new(UPSTREAM_NONCE.to_string());
-                let _ = relais::federation::verify_id_token_claims(
+                let _ = relais::upstream::verify_id_token_claims(
                     &t,
                     UPSTREAM_CLIENT_ID,
                     &issuer,
@@ -366,7 +367,7 @@ pub fn agent_identity(data: &[u8]) -> Outcome {
     let agent =
         AgentIdentity::from_claims(&claims, SiretPolicy::Refuse).map_err(|e| e.to_string())?;
     let domain = agent.email_domain().to_string();
-    let _ = relais::agent::identity::may_vouch(&domain, &["*.gouv.fr".into()], &[], false);
+    let _ = relais::subject::agent::identity::may_vouch(&domain, &["*.gouv.fr".into()], &[], false);
     // A chained broker sends our claims with its own sub: same identity.
     let mut claims = agent.to_claims();
     claims.insert("sub".into(), Value::String(agent.sub.clone()));
@@ -421,5 +422,6 @@ pub fn basic_auth(data: &[u8]) -> Outcome {
 /// The identity registry CSV file (`relais registry import`): the RFC 4180
 /// reader, the header, and each row's pivot identity validation.
 pub fn registry_csv(data: &[u8]) -> Outcome {
-    relais::identity::parse_registry_csv(text(data)?).map(|r| format!("{} records", r.len()))
+    relais::subject::citizen::parse_registry_csv(text(data)?)
+        .map(|r| format!("{} records", r.len()))
 }

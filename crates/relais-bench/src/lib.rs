@@ -497,8 +497,8 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
         ring,
     );
     let router = idp.router();
-    relais::http_serve::raise_fd_limit();
-    relais::http_serve::spawn(idp_l, router, relais::http_serve::Limits::default());
+    relais::http::serve::raise_fd_limit();
+    relais::http::serve::spawn(idp_l, router, relais::http::serve::Limits::default());
 
     // Relais, as a child process.
     let db = opts

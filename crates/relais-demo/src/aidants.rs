@@ -4,7 +4,7 @@
 //! at each start of `relais demo`.
 
 use relais::aidants::{Actor, NewAidant, NewMandate, Role};
-use relais::identity::PivotIdentity;
+use relais::subject::citizen::PivotIdentity;
 use serde_json::Value;
 
 pub const DEMO_ORG_NAME: &str = "France Services Démoville";

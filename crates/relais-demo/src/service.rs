@@ -58,7 +58,7 @@ impl DemoService {
                 client_id: client_id.into(),
                 client_secret: client_secret.into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                http: relais::state::http_client(std::time::Duration::from_secs(5))?,
+                http: relais::app::http_client(std::time::Duration::from_secs(5))?,
                 sessions: Mutex::new(HashMap::new()),
             }),
         })

@@ -159,7 +159,7 @@ async fn listener(port: u16) -> Result<tokio::net::TcpListener, String> {
 /// Serve a demo provider or service with the broker's timeouts and a
 /// small connection cap (they share the broker's process).
 fn serve_on(l: tokio::net::TcpListener, router: axum::Router, config: &Config) {
-    relais::http_serve::spawn(l, router, relais::http_serve::Limits::demo(&config.server));
+    relais::http::serve::spawn(l, router, relais::http::serve::Limits::demo(&config.server));
 }
 
 impl Stack {
@@ -226,7 +226,7 @@ impl Stack {
         text.push_str(&extra(&urls));
         let config =
             Config::from_toml_with_env(&text, opts.overrides.clone()).map_err(|e| e.to_string())?;
-        relais::http_serve::raise_fd_limit();
+        relais::http::serve::raise_fd_limit();
         // Keys for every federation; each demo provider accepts the
         // callback of every configured provider that points at it (one
         // redirect URI per provider), and every federation's logout return.

@@ -446,7 +446,7 @@ impl Rp {
             return Err("no at_hash".into());
         }
         let raw = id_token.to_string();
-        let claims = relais::federation::decode_payload(&raw).ok_or("payload")?;
+        let claims = relais::upstream::decode_payload(&raw).ok_or("payload")?;
         Ok(Tokens {
             id_token: raw,
             claims,

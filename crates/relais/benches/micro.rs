@@ -43,9 +43,9 @@ fn main() {
             black_box(relais::crypto::jws::verify_with_jwks(&jwt, &jwks).expect("verify"));
         });
     }
-    let key = relais::identity::normalise_name("Angela Claire Louise");
+    let key = relais::subject::citizen::normalise_name("Angela Claire Louise");
     measure("pairwise sub (HMAC-SHA256)", || {
-        black_box(relais::identity::pairwise_sub(
+        black_box(relais::subject::citizen::pairwise_sub(
             b"0123456789abcdef0123456789abcdef",
             "service.example",
             &key,

@@ -3,20 +3,18 @@
 //! `app(state)` builds the HTTP router used by `relais serve`, `relais demo`
 //! and the tests.
 
-pub mod agent;
 pub mod aidants;
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
-pub mod federation;
-pub mod http_serve;
-pub mod identity;
-pub mod limits;
+pub mod http;
 pub mod oidc;
 pub mod server;
-pub mod state;
 pub mod store;
+pub mod subject;
+pub mod upstream;
 pub mod web;
 
 use axum::http::{header, HeaderValue};
@@ -25,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
 
-pub use state::AppState;
+pub use app::AppState;
 
 /// The whole HTTP application: every federation under its issuer path, plus
 /// health endpoints.
@@ -78,7 +76,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 async fn not_found(base: Option<web::PageBase>, headers: axum::http::HeaderMap) -> Response {
     match base {
         Some(mut base) => {
-            let lang = oidc::lang_from(&headers, None);
+            let lang = http::page::lang_from(&headers, None);
             base.lang = lang.code();
             error::AppError::Page {
                 status: axum::http::StatusCode::NOT_FOUND,

@@ -1,7 +1,7 @@
 //! Starting Relais: database, migrations, state, background tasks, HTTP(S).
 
+use crate::app::{self, AppState};
 use crate::config::Config;
-use crate::state::{self, AppState};
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub fn redact(url: &str) -> String {
 /// Build the state, bind `listener` and serve until the task is aborted.
 pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, String> {
     let store = open_store(config).await?;
-    let state = Arc::new(state::build(config, store).await?);
+    let state = Arc::new(app::build(config, store).await?);
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     spawn_maintenance(state.clone(), config.server.purge_interval_secs);
     if config.aidants.journal_head_interval_secs > 0 {
@@ -67,10 +67,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         (Some(c), Some(k)) => Some(tls_config(c, k)?),
         _ => None,
     };
-    crate::http_serve::raise_fd_limit();
-    let limits = crate::http_serve::Limits::from_config(&config.server);
+    crate::http::serve::raise_fd_limit();
+    let limits = crate::http::serve::Limits::from_config(&config.server);
     tracing::debug!(?limits, "connection limits");
-    let task = tokio::spawn(crate::http_serve::serve(listener, app, limits, tls));
+    let task = tokio::spawn(crate::http::serve::serve(listener, app, limits, tls));
     Ok(Running { addr, state, task })
 }
 
@@ -130,14 +130,14 @@ fn tls_config(
 
 /// Load registry people from CSV text into the database; returns how many.
 pub async fn import_registry(config: &Config, csv: &str) -> Result<usize, String> {
-    let records = crate::identity::parse_registry_csv(csv)?;
+    let records = crate::subject::citizen::parse_registry_csv(csv)?;
     let store = open_store(config).await?;
     let rows: Vec<(String, String, String)> = records
         .iter()
         .map(|r| {
             (
                 r.identity.identity_key(),
-                crate::identity::registry_lookup_key(&r.identity),
+                crate::subject::citizen::registry_lookup_key(&r.identity),
                 crate::oidc::callback::record_json(r),
             )
         })

@@ -5,8 +5,8 @@
 //! `mandate`; the mandate is re-checked at the token endpoint and userinfo.
 
 use relais::aidants::{totp, Actor, NewAidant, NewMandate, Role, Salt};
-use relais::identity::{pairwise_sub, PivotIdentity};
 use relais::store::Store;
+use relais::subject::citizen::{pairwise_sub, PivotIdentity};
 use relais_testkit::*;
 use serde_json::{json, Value};
 

@@ -351,7 +351,7 @@ fn verify_id_token(rp: &Rp, id_token: &str, nonce: &str, access_token: &str) -> 
     )
     .unwrap();
     assert_eq!(actual, expected, "at_hash");
-    relais::federation::decode_payload(id_token).unwrap()
+    relais::upstream::decode_payload(id_token).unwrap()
 }
 
 fn jws_header(jwt: &str) -> Value {
@@ -671,7 +671,7 @@ async fn key_rotation_on_one_node_reaches_the_others() {
 }
 
 fn decode_nonce(id_token: &str) -> String {
-    relais::federation::decode_payload(id_token).unwrap()["nonce"]
+    relais::upstream::decode_payload(id_token).unwrap()["nonce"]
         .as_str()
         .unwrap()
         .to_string()

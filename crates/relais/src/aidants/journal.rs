@@ -26,8 +26,8 @@
 
 use super::journal_key::{JournalKey, PublicKeys};
 use super::Salt;
+use crate::app::AppState;
 use crate::crypto::{JwsError, SigningKey, Unverified};
-use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use serde_json::{json, Map, Value};
 use std::fmt;

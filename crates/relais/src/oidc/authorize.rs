@@ -6,12 +6,19 @@
 use super::claims::ClaimsRequest;
 use super::consent::issue_code;
 use super::interaction::*;
-use super::{lang_from, load_session, session_key, set_cookie, Authn, Cookies, Ctx, Params};
-use crate::agent::identity::{normalise_email, Route};
+use crate::app::Ctx;
 use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, AppError};
+use crate::http::cookies::session_key;
+use crate::http::cookies::set_cookie;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::Params;
+use crate::oidc::session::load_session;
+use crate::oidc::session::Authn;
 use crate::store::Kind;
+use crate::subject::agent::identity::{normalise_email, Route};
 use crate::web::Lang;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -30,7 +37,7 @@ pub async fn authorize_post(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    super::FormBody(body): super::FormBody,
+    crate::http::params::FormBody(body): crate::http::params::FormBody,
 ) -> Response {
     // A cross-site POST (a service's auto-submitted form) arrives without
     // the SameSite=Lax session cookie even when the browser has one; the
@@ -343,7 +350,7 @@ fn sso_usable(ctx: &Ctx, req: &AuthRequest, authn: &Authn) -> bool {
         return false;
     }
     // Multi-factor levels always mean a fresh upstream sign-in.
-    if crate::agent::wants_mfa(fed, req.acr_min.as_deref()) {
+    if crate::subject::agent::wants_mfa(fed, req.acr_min.as_deref()) {
         return false;
     }
     if let Some(m) = req.max_age {
@@ -459,8 +466,7 @@ async fn authorize_inner(
         authn: if sso { existing } else { None },
         candidates: None,
         aidant: None,
-        mandate_draft: None,
-        usager_consultation: false,
+        purpose: super::interaction::Purpose::Service,
     };
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
@@ -514,7 +520,7 @@ pub(crate) async fn agent_next(
 ) -> Result<String, AppError> {
     let fed = &ctx.fed;
     inter.req.login_hint = Some(email.to_string());
-    match crate::agent::route_email(
+    match crate::subject::agent::route_email(
         fed,
         &inter.req.client_id,
         email,
@@ -568,14 +574,14 @@ pub(crate) async fn start_upstream(
     // Someone else may still be signed in at this provider on this browser
     // (a usager's sign-in on an aidant's screen, provider without logout):
     // a fresh authentication, never silent single sign-on.
-    let relogin = super::Relogin::read(fed, cookies).contains(provider_id);
+    let relogin = crate::oidc::session::Relogin::read(fed, cookies).contains(provider_id);
     if relogin {
         tracing::info!(event = "upstream_relogin", federation = %fed.id, provider = %provider_id, "fresh upstream sign-in forced on this browser");
     }
     let force_login = relogin
         || inter.req.prompt.iter().any(|p| p == "login")
         || inter.req.max_age.is_some()
-        || crate::agent::wants_mfa(fed, inter.req.acr_min.as_deref());
+        || crate::subject::agent::wants_mfa(fed, inter.req.acr_min.as_deref());
     let max_age = if relogin { Some(0) } else { inter.req.max_age };
     let (url, _state, pending) = provider
         .start(

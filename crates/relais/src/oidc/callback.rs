@@ -3,14 +3,19 @@
 //! provider returned, the registry, then SSO session and consent.
 
 use super::interaction::*;
-use super::{lang_from, Authn, Cookies, Ctx, Params, SessionData};
+use crate::app::Ctx;
 use crate::config::Profile;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, AppError};
-use crate::identity::{
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::Params;
+use crate::oidc::session::Authn;
+use crate::oidc::session::SessionData;
+use crate::store::Kind;
+use crate::subject::citizen::{
     registry_lookup_key, registry_outcome, PivotIdentity, RegistryOutcome, RegistryRecord,
 };
-use crate::store::Kind;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -35,7 +40,7 @@ pub async fn legacy_callback(State(ctx): State<Ctx>, headers: HeaderMap) -> AppE
 /// (`{issuer}/callback/{provider id}`).
 pub async fn callback(
     State(ctx): State<Ctx>,
-    super::Segment(path_provider): super::Segment,
+    crate::http::params::Segment(path_provider): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -103,7 +108,7 @@ pub async fn callback(
         .await
         .map_err(|e| {
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = ?e, "upstream sign-in failed");
-            use crate::federation::UpstreamError as U;
+            use crate::upstream::UpstreamError as U;
             match e {
                 U::Unavailable(_) => fail("upstream_unavailable", StatusCode::BAD_GATEWAY),
                 U::Refused(_) => fail("upstream_error", StatusCode::BAD_GATEWAY),
@@ -133,11 +138,11 @@ pub async fn callback(
             (identity.identity_key(), None, name, claims)
         }
         Profile::Agent => {
-            let agent = crate::agent::identity_from_login(fed, provider, &login).map_err(|e| {
+            let agent = crate::subject::agent::identity_from_login(fed, provider, &login).map_err(|e| {
                 tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = ?e, "agent identity refused");
                 match e {
-                    crate::agent::AgentRefusal::Domain(_) => fail("domain_not_allowed", StatusCode::FORBIDDEN),
-                    crate::agent::AgentRefusal::Identity(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
+                    crate::subject::agent::AgentRefusal::Domain(_) => fail("domain_not_allowed", StatusCode::FORBIDDEN),
+                    crate::subject::agent::AgentRefusal::Identity(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
                 }
             })?;
             let account = ctx
@@ -152,17 +157,17 @@ pub async fn callback(
                     ctx.now(),
                 )
                 .await?;
-            let claims = crate::agent::claims(&agent, &provider.cfg.id, &login);
+            let claims = crate::subject::agent::claims(&agent, &provider.cfg.id, &login);
             let name = format!("{} {}", agent.given_name, agent.usual_name.to_uppercase());
             (format!("agent:{account}"), Some(account), name, claims)
         }
     };
     tracing::info!(event = "identity_verified", provider = %provider.cfg.id, "identity verified");
     let now = ctx.now();
-    // Mandate creation and the usager's own page: the sign-in stays in the
-    // interaction (for a mandate the browser is the aidant's: no broker
-    // session for the usager), and their own page follows.
-    let own_page = inter.mandate_draft.is_some() || inter.usager_consultation;
+    // A sign-in for one of Relais' own pages (see `Purpose`): it stays in
+    // the interaction (the browser may not be the person's: no broker
+    // session), and that page follows.
+    let own_page = inter.own_page().is_some();
     let authn = Authn {
         subject_key,
         public_sub,
@@ -187,7 +192,7 @@ pub async fn callback(
     updated.authn = Some(authn.clone());
     // A broker session gets a new id after authentication (session fixation).
     let new_session = (!own_page).then(|| {
-        let session = super::NewSession::new();
+        let session = crate::oidc::session::NewSession::new();
         updated.session = session.id.clone();
         session
     });
@@ -211,17 +216,13 @@ pub async fn callback(
     }
     // A completed sign-in at this provider replaced any session a usager
     // had left there on this browser.
-    let relogin_before = super::Relogin::read(fed, &cookies);
+    let relogin_before = crate::oidc::session::Relogin::read(fed, &cookies);
     let mut relogin = relogin_before.clone();
     relogin.remove(&provider.cfg.id);
     let Some(session) = new_session else {
-        let page = if inter.usager_consultation {
-            "usager"
-        } else {
-            "mandat"
-        };
+        let page = inter.own_page().unwrap_or_default();
         let page = fed.url(&format!("/interaction/{interaction_id}/{page}"));
-        // The usager signed in on a screen that may not be theirs (the
+        // The person signed in on a screen that may not be theirs (an
         // aidant's): end their session at the provider before their page,
         // or, when the provider has no logout, have the next sign-in there
         // on this browser ask for a fresh authentication.
@@ -311,9 +312,9 @@ pub fn stored_record(raw: &str) -> Option<RegistryRecord> {
     Some(RegistryRecord {
         identity,
         status: if deceased {
-            crate::identity::RegistryStatus::Deceased
+            crate::subject::citizen::RegistryStatus::Deceased
         } else {
-            crate::identity::RegistryStatus::Alive
+            crate::subject::citizen::RegistryStatus::Alive
         },
     })
 }
@@ -321,7 +322,7 @@ pub fn stored_record(raw: &str) -> Option<RegistryRecord> {
 pub fn record_json(r: &RegistryRecord) -> String {
     json!({
         "identity": r.identity,
-        "deceased": r.status == crate::identity::RegistryStatus::Deceased,
+        "deceased": r.status == crate::subject::citizen::RegistryStatus::Deceased,
     })
     .to_string()
 }

@@ -4,11 +4,13 @@
 
 use super::authorize::{agent_next, start_upstream};
 use super::interaction::*;
-use super::{Cookies, Ctx, Params};
-use crate::agent::identity::normalise_email;
+use crate::app::Ctx;
 use crate::config::Profile;
 use crate::error::{redirect, AppError};
+use crate::http::cookies::Cookies;
+use crate::http::params::Params;
 use crate::store::Kind;
+use crate::subject::agent::identity::normalise_email;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -16,10 +18,10 @@ use serde::Serialize;
 
 pub async fn email_submit(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    super::FormBody(body): super::FormBody,
+    crate::http::params::FormBody(body): crate::http::params::FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();
@@ -56,7 +58,7 @@ pub(crate) struct ProviderView {
 
 pub async fn choose_page(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -120,7 +122,7 @@ pub async fn choose_page(
 
 pub async fn abort(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -134,10 +136,10 @@ pub async fn abort(
 
 pub async fn choose_submit(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    super::FormBody(body): super::FormBody,
+    crate::http::params::FormBody(body): crate::http::params::FormBody,
 ) -> Result<Response, AppError> {
     let mut inter = load_interaction(&ctx, &id, &cookies, &headers).await?;
     let form = Params::parse(&body).unwrap_or_default();

@@ -3,28 +3,32 @@
 
 use super::claims::claims_for_scopes;
 use super::interaction::*;
-use super::{lang_from, Authn, Cookies, Ctx, Params};
+use crate::app::Ctx;
 use crate::crypto::{random_token, sha256_b64};
 use crate::error::{redirect, with_query, AppError};
-use crate::identity::pairwise_sub;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::Params;
+use crate::oidc::session::Authn;
 use crate::store::Kind;
+use crate::subject::citizen::pairwise_sub;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 pub(crate) fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, AppError> {
-    // A mandate creation never ends at a service.
+    // A sign-in for one of Relais' own pages never ends at a service.
     inter
         .authn
         .clone()
-        .filter(|_| inter.mandate_draft.is_none() && !inter.usager_consultation)
+        .filter(|_| inter.own_page().is_none())
         .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "interaction_expired"))
 }
 
 pub async fn consent_page(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -84,10 +88,10 @@ pub(crate) fn display_value(authn: &Authn, claim: &str) -> Option<String> {
 
 pub async fn consent_submit(
     State(ctx): State<Ctx>,
-    super::Segment(id): super::Segment,
+    crate::http::params::Segment(id): crate::http::params::Segment,
     cookies: Cookies,
     headers: HeaderMap,
-    super::FormBody(body): super::FormBody,
+    crate::http::params::FormBody(body): crate::http::params::FormBody,
 ) -> Result<Response, AppError> {
     // Single use: the interaction ends here. It is taken at once (one
     // statement on the sign-in's hot path instead of a read then a delete),

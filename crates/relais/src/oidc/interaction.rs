@@ -4,9 +4,13 @@
 //! (loading the interaction, its CSRF check, error redirects and pages).
 
 use super::claims::ClaimsRequest;
-use super::{lang_from, Authn, Cookies, Ctx, Params};
+use crate::app::Client;
+use crate::app::Ctx;
 use crate::error::{with_query, AppError};
-use crate::state::Client;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::Params;
+use crate::oidc::session::Authn;
 use crate::store::Kind;
 use crate::web::Lang;
 use axum::http::{HeaderMap, StatusCode};
@@ -72,7 +76,7 @@ pub struct Interaction {
     /// Upstream sign-in in progress; the upstream `state` is
     /// `<interaction id>.<secret>` and only the secret's hash is kept.
     #[serde(default)]
-    pub pending: Option<crate::federation::PendingUpstream>,
+    pub pending: Option<crate::upstream::PendingUpstream>,
     #[serde(default)]
     pub state_hash: Option<String>,
     /// The authentication used (set at the callback, or from SSO).
@@ -84,15 +88,81 @@ pub struct Interaction {
     /// Delegated sign-in: the aidant who signed in during this interaction.
     #[serde(default)]
     pub aidant: Option<crate::aidants::pages::interaction::AidantStep>,
-    /// Mandate creation: the usager signs in themselves on the aidant's
-    /// screen; the callback then goes to the recap, not to a service.
+    /// What the sign-in is for: a service, or one of Relais' own pages.
     #[serde(default)]
-    pub mandate_draft: Option<crate::aidants::MandateDraft>,
-    /// Usager consultation: the person signs in to see and revoke the
-    /// mandates about them; the callback goes to that page, never to a
-    /// service, and no broker session is created.
-    #[serde(default)]
-    pub usager_consultation: bool,
+    pub purpose: Purpose,
+}
+
+/// What a sign-in is for: the one hook through which another domain uses
+/// the OIDC core's sign-in. A sign-in is for a service (an authorization
+/// request, the default), or for one of Relais' own pages, started by a
+/// domain (the aidants' mandate creation, the usager's page) with
+/// [`AuthRequest::own_sign_in`]. For an own page, the callback keeps the
+/// authentication in the interaction, creates no broker session, ends the
+/// person's session at their provider (the screen may not be theirs) and
+/// sends the browser to `/interaction/{id}/{page}`, the domain's route; the
+/// consent page and the code refuse such an interaction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Service,
+    OwnPage {
+        /// Last path segment of the domain's page after the callback.
+        page: String,
+        /// The domain's own data kept with the sign-in (opaque here).
+        #[serde(default)]
+        data: Value,
+    },
+}
+
+impl Purpose {
+    /// A sign-in for the own page `page`, carrying the domain's `data`.
+    pub fn own_page(page: &str, data: &impl Serialize) -> Result<Purpose, AppError> {
+        Ok(Purpose::OwnPage {
+            page: page.to_string(),
+            data: serde_json::to_value(data).map_err(AppError::internal)?,
+        })
+    }
+}
+
+impl Interaction {
+    /// A new interaction for `req`, bound to the browser session `session`
+    /// (`had_session`: a session row existed for it), before any provider
+    /// was chosen.
+    pub fn new(req: AuthRequest, session: String, had_session: bool, purpose: Purpose) -> Self {
+        Interaction {
+            req,
+            session,
+            had_session,
+            csrf: crate::crypto::random_token(24),
+            provider: None,
+            pending: None,
+            state_hash: None,
+            authn: None,
+            candidates: None,
+            aidant: None,
+            purpose,
+        }
+    }
+
+    /// The own page this sign-in ends on (`None`: a service's sign-in).
+    pub fn own_page(&self) -> Option<&str> {
+        match &self.purpose {
+            Purpose::Service => None,
+            Purpose::OwnPage { page, .. } => Some(page),
+        }
+    }
+
+    /// The domain's data of a sign-in for the own page `page`.
+    pub fn own_data<T: serde::de::DeserializeOwned>(&self, page: &str) -> Option<T> {
+        match &self.purpose {
+            Purpose::OwnPage { page: p, data } if p == page => {
+                serde_json::from_value(data.clone()).ok()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a code stands for.
@@ -114,7 +184,7 @@ pub struct CodeData {
     pub session: String,
     /// Delegated sign-in: re-checked at the token endpoint.
     #[serde(default)]
-    pub delegation: Option<super::Delegation>,
+    pub delegation: Option<crate::oidc::session::Delegation>,
 }
 
 impl Ctx {
@@ -217,4 +287,40 @@ pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Resul
         return Err(ctx.page_error(inter.req.lang, StatusCode::FORBIDDEN, "csrf", None));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> AuthRequest {
+        AuthRequest::own_sign_in("https://id.example/usager".into(), Lang::Fr)
+    }
+
+    #[test]
+    fn an_own_page_sign_in_carries_its_domain_data_for_that_page_only() {
+        let purpose = Purpose::own_page("mandat", &vec!["social".to_string()]).unwrap();
+        let inter = Interaction::new(request(), "s".into(), true, purpose);
+        assert_eq!(inter.own_page(), Some("mandat"));
+        assert_eq!(
+            inter.own_data::<Vec<String>>("mandat"),
+            Some(vec!["social".to_string()])
+        );
+        assert_eq!(inter.own_data::<Vec<String>>("usager"), None);
+        // Stored and read back (the interaction row's JSON), it stays the same.
+        let back: Interaction =
+            serde_json::from_str(&serde_json::to_string(&inter).unwrap()).unwrap();
+        assert_eq!(back.purpose, inter.purpose);
+    }
+
+    #[test]
+    fn a_service_sign_in_has_no_own_page_and_is_the_default() {
+        let inter = Interaction::new(request(), "s".into(), false, Purpose::Service);
+        assert_eq!(inter.own_page(), None);
+        assert_eq!(inter.own_data::<()>("usager"), None);
+        let mut json = serde_json::to_value(&inter).unwrap();
+        json.as_object_mut().unwrap().remove("purpose");
+        let back: Interaction = serde_json::from_value(json).unwrap();
+        assert_eq!(back.purpose, Purpose::Service);
+    }
 }

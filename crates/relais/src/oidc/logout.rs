@@ -1,9 +1,14 @@
 //! RP-initiated logout (`/session/end`), chained to the upstream provider's
 //! own logout when it has an `end_session_endpoint`.
 
-use super::{lang_from, load_session, set_cookie, Cookies, Ctx, Params};
+use crate::app::Ctx;
 use crate::crypto::random_token;
 use crate::error::{redirect, with_query, AppError};
+use crate::http::cookies::set_cookie;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::Params;
+use crate::oidc::session::load_session;
 use crate::store::Kind;
 use crate::web::Lang;
 use axum::extract::{RawQuery, State};
@@ -57,7 +62,7 @@ pub async fn end_session_post(
     State(ctx): State<Ctx>,
     cookies: Cookies,
     headers: HeaderMap,
-    super::FormBody(body): super::FormBody,
+    crate::http::params::FormBody(body): crate::http::params::FormBody,
 ) -> Result<Response, AppError> {
     // Either a service posting the logout request, or the confirmation form.
     let form = Params::parse(&body).unwrap_or_default();
@@ -284,7 +289,7 @@ async fn upstream_redirect(
 /// page of Relais). None when the provider has no `end_session_endpoint`.
 pub(crate) async fn end_upstream_session(
     ctx: &Ctx,
-    provider: &crate::federation::Upstream,
+    provider: &crate::upstream::Upstream,
     id_token: &str,
     page: &str,
     lang: Lang,

@@ -1,12 +1,14 @@
 //! Token endpoint (client authentication, code redemption, ID token) and userinfo.
 
 use super::interaction::CodeData;
-use super::{ClientAddress, Ctx, Params};
+use crate::app::Client;
+use crate::app::Ctx;
 use crate::config::ClientAuthMethod;
 use crate::crypto::{half_hash, random_token, sha256_b64};
 use crate::error::AppError;
-use crate::limits::{Held, Limit};
-use crate::state::Client;
+use crate::http::limits::{Held, Limit};
+use crate::http::params::ClientAddress;
+use crate::http::params::Params;
 use crate::store::Redeem;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,7 +28,7 @@ pub struct TokenData {
     pub scopes: Vec<String>,
     /// Delegated sign-in: the mandate is re-checked at every userinfo call.
     #[serde(default)]
-    pub delegation: Option<super::Delegation>,
+    pub delegation: Option<crate::oidc::session::Delegation>,
 }
 
 /// Failed client authentications (wrong client secrets) counted per
@@ -98,7 +100,7 @@ async fn authenticate<'a>(
     let claimed_id = match (&basic, form.get("client_id"), assertion) {
         (Some((id, _)), _, _) => id.clone(),
         (None, Some(id), _) => id.to_string(),
-        (None, None, Some(a)) => crate::federation::decode_payload(a)
+        (None, None, Some(a)) => crate::upstream::decode_payload(a)
             .and_then(|c| c.get("sub").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_default(),
         _ => {
@@ -419,7 +421,7 @@ pub async fn token(
     State(ctx): State<Ctx>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    super::OAuthBody(body): super::OAuthBody,
+    crate::http::params::OAuthBody(body): crate::http::params::OAuthBody,
 ) -> Result<Response, AppError> {
     let form = Params::parse(&body).map_err(|e| AppError::oauth("invalid_request", e))?;
     let client = authenticate(&ctx, &headers, &form, address).await?;

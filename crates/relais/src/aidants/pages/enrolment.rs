@@ -9,8 +9,12 @@
 
 use super::interaction::SignInGuard;
 use crate::aidants::{cli::utc, LoginError, PendingEnrolment, TotpKey};
+use crate::app::Ctx;
 use crate::error::AppError;
-use crate::oidc::{lang_from, Ctx, FormBody, Params, Segment};
+use crate::http::page::lang_from;
+use crate::http::params::FormBody;
+use crate::http::params::Params;
+use crate::http::params::Segment;
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

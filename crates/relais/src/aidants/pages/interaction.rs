@@ -3,16 +3,22 @@
 //! their current organisation and a domain the service accepts; the service
 //! then receives the usager's identity plus `act` and `mandate` claims.
 
+use crate::app::Client;
+use crate::app::Ctx;
 use crate::config::Profile;
 use crate::crypto::random_token;
 use crate::error::{redirect, AppError};
-use crate::identity::pairwise_sub;
+use crate::http::cookies::Cookies;
+use crate::http::params::FormBody;
+use crate::http::params::Params;
+use crate::http::params::Segment;
 use crate::oidc::interaction::{check_csrf, load_interaction, Interaction};
-use crate::oidc::{
-    load_session, Authn, Cookies, Ctx, Delegation, FormBody, Params, Segment, SessionData,
-};
-use crate::state::Client;
+use crate::oidc::session::load_session;
+use crate::oidc::session::Authn;
+use crate::oidc::session::Delegation;
+use crate::oidc::session::SessionData;
 use crate::store::Kind;
+use crate::subject::citizen::pairwise_sub;
 use crate::web::Lang;
 use axum::extract::{FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
@@ -32,14 +38,14 @@ pub const AIDANT_FRESH_SECS: i64 = 15 * 60;
 
 /// Per-IP throttling of aidant sign-ins: at most this many failed attempts
 /// (password or TOTP code) from one client address within a window of
-/// [`THROTTLE_WINDOW_SECS`], counted across every node (`crate::limits`);
+/// [`THROTTLE_WINDOW_SECS`], counted across every node (`crate::http::limits`);
 /// further attempts get a 429 page without any password or code being
 /// checked.
 pub const THROTTLE_MAX_FAILURES: usize = 20;
 /// Window of the per-IP throttling.
 pub const THROTTLE_WINDOW_SECS: i64 = 10 * 60;
 
-const SIGN_IN_LIMIT: crate::limits::Limit = crate::limits::Limit {
+const SIGN_IN_LIMIT: crate::http::limits::Limit = crate::http::limits::Limit {
     max: THROTTLE_MAX_FAILURES as i64,
     window_secs: THROTTLE_WINDOW_SECS,
 };
@@ -53,14 +59,14 @@ const SIGN_IN_LIMIT: crate::limits::Limit = crate::limits::Limit {
 pub struct SignInGuard {
     key: String,
     /// The reservation made by `refuse`, until kept or given back.
-    reserved: Mutex<Option<crate::limits::Held>>,
+    reserved: Mutex<Option<crate::http::limits::Held>>,
 }
 
 impl FromRequestParts<Ctx> for SignInGuard {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, Self::Rejection> {
-        let crate::oidc::ClientAddress(ip) =
-            crate::oidc::ClientAddress::from_request_parts(parts, ctx).await?;
+        let crate::http::params::ClientAddress(ip) =
+            crate::http::params::ClientAddress::from_request_parts(parts, ctx).await?;
         Ok(SignInGuard {
             key: format!("aidant-sign-in:{ip}"),
             reserved: Mutex::new(None),
@@ -69,7 +75,7 @@ impl FromRequestParts<Ctx> for SignInGuard {
 }
 
 impl SignInGuard {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<crate::limits::Held>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<crate::http::limits::Held>> {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -87,7 +93,9 @@ impl SignInGuard {
             .await?
         {
             // Called twice: the older reservation is given back (dropped).
-            let _older = self.slot().replace(crate::limits::Held::new(&app.store, r));
+            let _older = self
+                .slot()
+                .replace(crate::http::limits::Held::new(&app.store, r));
             return Ok(None);
         }
         tracing::warn!(event = "aidant_sign_in_throttled", federation = %ctx.fed.id, "too many failed aidant sign-ins from one client address");
@@ -277,7 +285,7 @@ pub async fn login_submit(
     };
     // A new browser session holding only the aidant's sign-in (new id after
     // authentication: session fixation); it replaces any previous one.
-    let session = crate::oidc::NewSession::new();
+    let session = crate::oidc::session::NewSession::new();
     let old = std::mem::replace(&mut inter.session, session.id.clone());
     let replaces = inter.had_session.then_some(old);
     inter.had_session = true;

@@ -7,17 +7,24 @@ use super::space::*;
 use crate::aidants::rules::*;
 use crate::aidants::MandateDraft;
 use crate::aidants::{journal::sha256_hex, NewMandate, Salt};
-use crate::crypto::random_token;
+use crate::app::Ctx;
 use crate::error::{redirect, AppError};
-use crate::identity::PivotIdentity;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::FormBody;
+use crate::http::params::Params;
+use crate::http::params::Segment;
+use crate::oidc::interaction::Purpose;
 use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
-use crate::oidc::{lang_from, Cookies, Ctx, Params};
-use crate::oidc::{FormBody, Segment};
 use crate::store::Kind;
+use crate::subject::citizen::PivotIdentity;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
+
+/// The own page a mandate creation's sign-in ends on (`/interaction/{id}/mandat`: the recap).
+pub const MANDATE_PAGE: &str = "mandat";
 
 /// POST `/aidant/mandats`: domains (`domain_<name>`) and `duration` (days);
 /// starts the usager's own sign-in.
@@ -60,25 +67,13 @@ pub async fn draft_submit(
         return Err(bad());
     }
     let req = AuthRequest::own_sign_in(home_url(&ctx), lang);
-    let inter = Interaction {
-        req,
-        session: sid,
-        had_session: true,
-        csrf: random_token(24),
-        provider: None,
-        pending: None,
-        state_hash: None,
-        authn: None,
-        candidates: None,
-        aidant: None,
-        mandate_draft: Some(MandateDraft {
-            aidant_id: step.aidant_id,
-            org_id: step.org_id,
-            domains,
-            duration_days,
-        }),
-        usager_consultation: false,
+    let draft = MandateDraft {
+        aidant_id: step.aidant_id,
+        org_id: step.org_id,
+        domains,
+        duration_days,
     };
+    let inter = Interaction::new(req, sid, true, Purpose::own_page(MANDATE_PAGE, &draft)?);
     let id = put_interaction(&ctx, &inter).await?;
     Ok(redirect(&ctx.fed.url(&format!("/interaction/{id}"))))
 }
@@ -88,7 +83,7 @@ pub async fn draft_submit(
 pub(super) fn draft_and_usager(
     ctx: &Ctx,
     inter: &Interaction,
-) -> Result<(MandateDraft, crate::oidc::Authn), AppError> {
+) -> Result<(MandateDraft, crate::oidc::session::Authn), AppError> {
     let expired = || {
         ctx.page_error(
             inter.req.lang,
@@ -97,7 +92,9 @@ pub(super) fn draft_and_usager(
             Some(home_url(ctx)),
         )
     };
-    let draft = inter.mandate_draft.clone().ok_or_else(expired)?;
+    let draft = inter
+        .own_data::<MandateDraft>(MANDATE_PAGE)
+        .ok_or_else(expired)?;
     let authn = inter.authn.clone().ok_or_else(expired)?;
     Ok((draft, authn))
 }

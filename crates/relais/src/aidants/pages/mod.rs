@@ -21,7 +21,7 @@ pub mod renewal;
 pub mod space;
 pub mod usager;
 
-use crate::oidc::Ctx;
+use crate::app::Ctx;
 use axum::routing::{get, post};
 use axum::Router;
 

@@ -1,6 +1,6 @@
 //! The usager's own page (flow 4 of the aidants issue): at `/usager` the
 //! person signs in **themselves** through the normal federation (an
-//! interaction marked `usager_consultation`: its callback comes here, never
+//! interaction for the own page `usager`: its callback comes here, never
 //! to a service, and no broker session is created), sees every mandate
 //! about them (organisation, domains with dates and status, last uses) and
 //! revokes a domain or a whole mandate alone. Each display is journalled
@@ -10,16 +10,25 @@ use super::attestation::{auth_views, revoke as revoke_mandate, AuthView};
 use super::space::{not_found, put_interaction, session_or_new};
 use crate::aidants::journal::Event;
 use crate::aidants::{Actor, Salt};
-use crate::crypto::random_token;
+use crate::app::Ctx;
 use crate::error::{redirect, AppError};
-use crate::identity::PivotIdentity;
+use crate::http::cookies::set_cookie;
+use crate::http::cookies::Cookies;
+use crate::http::page::lang_from;
+use crate::http::params::FormBody;
+use crate::http::params::Params;
+use crate::http::params::Segment;
+use crate::oidc::interaction::Purpose;
 use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
-use crate::oidc::{lang_from, set_cookie, Cookies, Ctx, FormBody, Params, Segment};
+use crate::subject::citizen::PivotIdentity;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
+
+/// The own page a usager's consultation sign-in ends on (`/interaction/{id}/usager`).
+pub const USAGER_PAGE: &str = "usager";
 
 /// Uses of an organisation's mandates read from the journal per page.
 const USES_SCANNED: i64 = 500;
@@ -37,20 +46,7 @@ pub async fn start(
     // The interaction is bound to this browser's cookie (a new one if none).
     let (session, new_cookie) = session_or_new(&ctx, &cookies);
     let req = AuthRequest::own_sign_in(fed.url("/usager"), lang);
-    let inter = Interaction {
-        req,
-        session,
-        had_session: false,
-        csrf: random_token(24),
-        provider: None,
-        pending: None,
-        state_hash: None,
-        authn: None,
-        candidates: None,
-        aidant: None,
-        mandate_draft: None,
-        usager_consultation: true,
-    };
+    let inter = Interaction::new(req, session, false, Purpose::own_page(USAGER_PAGE, &())?);
     let id = put_interaction(&ctx, &inter).await?;
     let mut resp = redirect(&fed.url(&format!("/interaction/{id}")));
     if let Some(value) = new_cookie {
@@ -79,7 +75,7 @@ async fn signed_in(
             Some(ctx.fed.url("/usager")),
         )
     };
-    if !inter.usager_consultation {
+    if inter.own_page() != Some(USAGER_PAGE) {
         return Err(expired());
     }
     let authn = inter.authn.clone().ok_or_else(expired)?;

@@ -2,7 +2,6 @@
 //! failure lockout, TOTP secret storage (encrypted at rest).
 
 use super::*;
-use crate::agent::identity::normalise_email;
 use crate::aidants::journal::{sha256_hex, Event};
 use crate::aidants::secret::Opened;
 use crate::aidants::{
@@ -13,6 +12,7 @@ use crate::aidants::{
 use crate::crypto::random_token;
 use crate::crypto::secrets::{hash_secret, verify_secret};
 use crate::store::{on, Result, Store, StoreError};
+use crate::subject::agent::identity::normalise_email;
 use serde_json::json;
 
 impl Store {

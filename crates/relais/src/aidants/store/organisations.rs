@@ -1,10 +1,10 @@
 //! Organisations (structures) and aidant memberships.
 
 use super::*;
-use crate::agent::identity::valid_siret;
 use crate::aidants::{valid_domain_name, Actor, MandateError, Organisation, Role};
 use crate::crypto::random_token;
 use crate::store::{on, Result, Store};
+use crate::subject::agent::identity::valid_siret;
 use serde_json::json;
 
 impl Store {

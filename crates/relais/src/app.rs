@@ -4,9 +4,13 @@
 use crate::config::{ClientAuthMethod, ClientConfig, Config, FederationConfig};
 use crate::crypto::secrets::{hash_secret, is_phc, VerifiedCache};
 use crate::crypto::{Alg, KeyRing};
-use crate::federation::Upstream;
+use crate::error::AppError;
+use crate::http::page::html_response;
 use crate::store::Store;
-use crate::web::PageBase;
+use crate::upstream::Upstream;
+use crate::web::{Lang, PageBase};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,9 +98,9 @@ pub struct AppState {
     /// the store, which verifies aidant passwords).
     pub argon2: Arc<crate::crypto::gate::Argon2Gate>,
     /// Failed-attempt counters (`/token`, aidant sign-ins), in the store.
-    pub throttle: crate::limits::Throttle,
+    pub throttle: crate::http::limits::Throttle,
     /// Sign-ins started per browser (`/authorize`), in memory on this node.
-    pub pending: crate::limits::LocalCounter,
+    pub pending: crate::http::limits::LocalCounter,
     /// The one clock (`crate::clock`).
     pub clock: crate::clock::Clock,
 }
@@ -266,4 +270,52 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
         pending: Default::default(),
         clock: Default::default(),
     })
+}
+
+/// Handler state: the application and one federation.
+#[derive(Clone)]
+pub struct Ctx {
+    pub app: Arc<AppState>,
+    pub fed: Arc<Federation>,
+}
+
+impl Ctx {
+    pub fn now(&self) -> i64 {
+        self.app.now()
+    }
+
+    pub fn base(&self, lang: Lang) -> Box<PageBase> {
+        let mut b = self.fed.base.clone();
+        b.lang = lang.code();
+        Box::new(b)
+    }
+
+    /// HTML error page (nothing trusted, or a browser step failed).
+    pub fn page_error(
+        &self,
+        lang: Lang,
+        status: StatusCode,
+        code: &'static str,
+        back: Option<String>,
+    ) -> AppError {
+        AppError::Page {
+            status,
+            code,
+            detail: None,
+            back,
+            base: self.base(lang),
+            lang,
+        }
+    }
+
+    pub fn page(
+        &self,
+        lang: Lang,
+        name: &str,
+        extra: minijinja::Value,
+    ) -> Result<Response, AppError> {
+        let html =
+            crate::web::render(name, &self.base(lang), lang, extra).map_err(AppError::Internal)?;
+        Ok(html_response(html))
+    }
 }

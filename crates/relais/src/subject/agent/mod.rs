@@ -5,9 +5,9 @@
 
 pub mod identity;
 
+use crate::app::Federation;
 use crate::config::DomainMismatch;
-use crate::federation::{Upstream, UpstreamLogin};
-use crate::state::Federation;
+use crate::upstream::{Upstream, UpstreamLogin};
 use identity::{may_vouch, route, AgentError, AgentIdentity, Route, SiretPolicy};
 use serde_json::json;
 
