@@ -62,6 +62,8 @@ pub struct Options {
     /// ID token algorithm of the simulated services.
     pub alg: Alg,
     pub max_connections: u32,
+    /// The `relais` binary to start (`relais serve`, `relais migrate`).
+    pub relais_exe: PathBuf,
 }
 
 const CLIENT_ID: &str = "bench-service";
@@ -527,8 +529,8 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
     )
     .map_err(|e| e.to_string())?;
     // Migrate first so that start-up time measures serving, not schema creation.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let status = std::process::Command::new(&exe)
+    let exe = &opts.relais_exe;
+    let status = std::process::Command::new(exe)
         .args(["migrate", "--config"])
         .arg(&cfg_path)
         .stdout(std::process::Stdio::null())
@@ -539,7 +541,7 @@ async fn run_in(dir: &Path, opts: &Options) -> Result<Report, String> {
     }
     let spawned = Instant::now();
     let child = Child(
-        std::process::Command::new(&exe)
+        std::process::Command::new(exe)
             .args(["serve", "--config"])
             .arg(&cfg_path)
             .env("RELAIS_LOG", "warn")
@@ -782,6 +784,24 @@ pub struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// The `relais` binary under test; default: `relais` beside this
+    /// program (`target/release/relais` after `cargo build --release`).
+    #[arg(long)]
+    pub relais: Option<PathBuf>,
+}
+
+/// The `relais` binary beside the running program, or a clear error.
+fn relais_beside_me() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = me.with_file_name(format!("relais{}", std::env::consts::EXE_SUFFIX));
+    if exe.is_file() {
+        Ok(exe)
+    } else {
+        Err(format!(
+            "no relais binary at {}: build it first (cargo build --release), or pass --relais PATH",
+            exe.display()
+        ))
+    }
 }
 
 /// Run the load tool with parsed options: measure, print, and write the
@@ -803,6 +823,10 @@ pub async fn main_with(args: Args) -> Result<(), String> {
         output: args.output.clone(),
         alg,
         max_connections: args.max_connections,
+        relais_exe: match args.relais {
+            Some(p) => p,
+            None => relais_beside_me()?,
+        },
     })
     .await?;
     print(&report);

@@ -383,7 +383,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{h}");
             Ok(())
         }
-        Cmd::Bench(args) => relais_bench::main_with(args).await,
+        Cmd::Bench(mut args) => {
+            // The Relais under test is this binary, unless told otherwise.
+            if args.relais.is_none() {
+                args.relais = Some(std::env::current_exe().map_err(|e| e.to_string())?);
+            }
+            relais_bench::main_with(args).await
+        }
         Cmd::Registry {
             cmd: RegistryCmd::Import { config, file },
         } => {

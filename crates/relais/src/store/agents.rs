@@ -1,6 +1,6 @@
 //! Agent accounts and their links to provider subjects.
 
-use super::{on, Result, Store, StoreError};
+use super::{on, Result, Store};
 
 impl Store {
     /// The agent account for (provider, provider sub): an existing link, else

@@ -1,6 +1,6 @@
 //! Short-lived flow rows (sessions, interactions, logouts): put, read, single-use take (and take bound to a value), compare-and-swap update, delete; and the purge of every expired row.
 
-use super::{on, Result, Store, StoreError};
+use super::{on, Backend, Result, Store};
 
 impl Store {
     pub async fn put(

@@ -1,6 +1,6 @@
 //! Grants: authorization codes (atomic redemption, restore on refusal, reuse revokes the grant), access tokens (revocation by grant and by session), client assertion `jti` replay, explicit consents.
 
-use super::{on, Result, Store, StoreError};
+use super::{on, Result, Store};
 
 impl Store {
     pub async fn insert_code(

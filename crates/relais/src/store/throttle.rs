@@ -1,6 +1,6 @@
 //! Failure limits shared by the nodes (`crate::http::limits::Throttle`): an atomic reservation per key and fixed window.
 
-use super::{on, Result, Store, StoreError};
+use super::{on, Result, Store};
 
 impl Store {
     /// Count one attempt of `key` in its current fixed window of
