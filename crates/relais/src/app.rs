@@ -8,6 +8,7 @@ use crate::error::AppError;
 use crate::http::page::html_response;
 use crate::store::Store;
 use crate::upstream::Upstream;
+use crate::web::i18n::PageCode;
 use crate::web::{Lang, PageBase};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -295,7 +296,7 @@ impl Ctx {
         &self,
         lang: Lang,
         status: StatusCode,
-        code: &'static str,
+        code: PageCode,
         back: Option<String>,
     ) -> AppError {
         AppError::Page {

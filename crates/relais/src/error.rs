@@ -4,6 +4,7 @@
 //! or an HTML page with an error code when nothing can be trusted.
 
 use crate::store::StoreError;
+use crate::web::i18n::PageCode;
 use crate::web::{self, Lang, PageBase};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ pub enum AppError {
     /// HTML error page. `back` is a URL returning `access_denied` to the service.
     Page {
         status: StatusCode,
-        code: &'static str,
+        code: PageCode,
         detail: Option<String>,
         back: Option<String>,
         base: Box<PageBase>,
@@ -138,7 +139,7 @@ fn json_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 fn page(
     status: StatusCode,
-    code: &str,
+    code: PageCode,
     detail: Option<&str>,
     back: Option<&str>,
     base: &PageBase,
@@ -149,14 +150,14 @@ fn page(
         "error.html",
         base,
         lang,
-        minijinja::context! { code => code, message => message, detail => detail, back_url => back },
+        minijinja::context! { code => code.as_str(), message => message, detail => detail, back_url => back },
     )
     .unwrap_or_else(|e| {
         tracing::error!(error = %e, "error page did not render");
         format!(
             "<!doctype html><html lang=\"fr\"><title>Erreur</title><h1>Erreur</h1><p>{}</p><p>{}</p>",
             web::escape(message),
-            web::escape(code)
+            web::escape(code.as_str())
         )
     });
     (
@@ -181,7 +182,11 @@ impl IntoResponse for AppError {
                 base,
                 lang,
             } => {
-                tracing::info!(error = code, status = status.as_u16(), "error page");
+                tracing::info!(
+                    error = code.as_str(),
+                    status = status.as_u16(),
+                    "error page"
+                );
                 page(
                     status,
                     code,

@@ -17,6 +17,7 @@ pub mod subject;
 pub mod upstream;
 pub mod web;
 
+use crate::web::i18n::PageCode;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -80,7 +81,7 @@ async fn not_found(base: Option<web::PageBase>, headers: axum::http::HeaderMap) 
             base.lang = lang.code();
             error::AppError::Page {
                 status: axum::http::StatusCode::NOT_FOUND,
-                code: "not_found",
+                code: PageCode::NotFound,
                 detail: None,
                 back: None,
                 base: Box::new(base),

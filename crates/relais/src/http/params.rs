@@ -3,6 +3,7 @@
 use crate::app::Ctx;
 use crate::error::AppError;
 use crate::http::page::lang_from;
+use crate::web::i18n::PageCode;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{request::Parts, HeaderMap, StatusCode};
 use std::collections::HashMap;
@@ -82,9 +83,9 @@ pub(crate) fn unreadable(
             lang_from(headers, None),
             status,
             if too_large {
-                "request_too_large"
+                PageCode::RequestTooLarge
             } else {
-                "invalid_request"
+                PageCode::InvalidRequest
             },
             None,
         ),

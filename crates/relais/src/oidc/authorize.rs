@@ -19,6 +19,7 @@ use crate::oidc::session::load_session;
 use crate::oidc::session::Authn;
 use crate::store::Kind;
 use crate::subject::agent::identity::{normalise_email, Route};
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -99,12 +100,17 @@ pub fn over_long(params: &Params) -> Option<(&'static str, usize)> {
 pub fn validate(ctx: &Ctx, params: &Params, lang: Lang) -> Result<AuthRequest, AppError> {
     let fed = &ctx.fed;
     let client_id = params.get("client_id").unwrap_or("");
-    let client = ctx
-        .client(client_id)
-        .ok_or_else(|| ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_client", None))?;
+    let client = ctx.client(client_id).ok_or_else(|| {
+        ctx.page_error(lang, StatusCode::BAD_REQUEST, PageCode::InvalidClient, None)
+    })?;
     let redirect_uri = params.get("redirect_uri").unwrap_or("");
     if !client.cfg.redirect_uris.iter().any(|u| u == redirect_uri) {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_redirect_uri", None));
+        return Err(ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InvalidRedirectUri,
+            None,
+        ));
     }
     let mut req = AuthRequest {
         client_id: client_id.to_string(),
@@ -380,8 +386,14 @@ async fn authorize_inner(
     raw: &str,
 ) -> Result<Response, AppError> {
     let pre_lang = lang_from(headers, None);
-    let params = Params::parse(raw)
-        .map_err(|_| ctx.page_error(pre_lang, StatusCode::BAD_REQUEST, "invalid_request", None))?;
+    let params = Params::parse(raw).map_err(|_| {
+        ctx.page_error(
+            pre_lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InvalidRequest,
+            None,
+        )
+    })?;
     let lang = lang_from(headers, params.get("ui_locales"));
     let req = validate(ctx, &params, lang)?;
     let now = ctx.now();
@@ -450,7 +462,7 @@ async fn authorize_inner(
         return Err(ctx.page_error(
             req.lang,
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
+            PageCode::TooManyAttempts,
             None,
         ));
     }
@@ -537,7 +549,7 @@ pub(crate) async fn agent_next(
         Route::NoMatch => Err(ctx.refuse(
             &inter.req,
             StatusCode::BAD_REQUEST,
-            "no_provider_for_domain",
+            PageCode::NoProviderForDomain,
         )),
     }
 }
@@ -562,13 +574,18 @@ pub(crate) async fn start_upstream(
             ctx.page_error(
                 lang,
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
+                PageCode::InvalidRequest,
                 back.clone(),
             )
         })?;
     if let Some(min) = &inter.req.acr_min {
         if fed.provider_max_rank(provider) < fed.acr_rank(min) {
-            return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "acr_not_satisfied", back));
+            return Err(ctx.page_error(
+                lang,
+                StatusCode::BAD_REQUEST,
+                PageCode::AcrNotSatisfied,
+                back,
+            ));
         }
     }
     // Someone else may still be signed in at this provider on this browser
@@ -586,16 +603,18 @@ pub(crate) async fn start_upstream(
     let (url, _state, pending) = provider
         .start(
             &ctx.app.http,
-            &fed.url(&provider.callback_path()),
-            inter.req.acr_min.as_deref(),
-            &fed.cfg.acr_values,
-            inter.req.login_hint.as_deref(),
-            inter.req.siret_hint.as_deref(),
-            force_login,
-            max_age,
-            interaction_id,
-            &inter.session,
-            &state,
+            &crate::upstream::UpstreamRequest {
+                redirect_uri: &fed.url(&provider.callback_path()),
+                acr_min: inter.req.acr_min.as_deref(),
+                acr_ladder: &fed.cfg.acr_values,
+                login_hint: inter.req.login_hint.as_deref(),
+                siret_hint: inter.req.siret_hint.as_deref(),
+                force_login,
+                max_age,
+                interaction: interaction_id,
+                session: &inter.session,
+                state: &state,
+            },
         )
         .await
         .map_err(|e| {
@@ -603,7 +622,7 @@ pub(crate) async fn start_upstream(
             ctx.page_error(
                 lang,
                 StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
+                PageCode::UpstreamUnavailable,
                 back.clone(),
             )
         })?;

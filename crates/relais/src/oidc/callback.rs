@@ -16,6 +16,7 @@ use crate::store::Kind;
 use crate::subject::citizen::{
     registry_lookup_key, registry_outcome, PivotIdentity, RegistryOutcome, RegistryRecord,
 };
+use crate::web::i18n::PageCode;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -31,7 +32,7 @@ pub async fn legacy_callback(State(ctx): State<Ctx>, headers: HeaderMap) -> AppE
     ctx.page_error(
         lang_from(&headers, None),
         StatusCode::BAD_REQUEST,
-        "callback_moved",
+        PageCode::CallbackMoved,
         None,
     )
 }
@@ -49,7 +50,14 @@ pub async fn callback(
     let params = Params::parse(&q.unwrap_or_default()).unwrap_or_default();
     let fed = &ctx.fed;
     let state = params.get("state").unwrap_or("");
-    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let expired = || {
+        ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            None,
+        )
+    };
     let (interaction_id, secret) = state.split_once('.').ok_or_else(expired)?;
     let (inter, inter_raw) = load_interaction_raw(&ctx, interaction_id, &cookies, &headers).await?;
     // The state's secret part must match, and the upstream step must be pending.
@@ -63,46 +71,46 @@ pub async fn callback(
     let lang = inter.req.lang;
     let back = Some(ctx.back_url(&inter.req, "access_denied"));
     let fail =
-        |code: &'static str, status: StatusCode| ctx.page_error(lang, status, code, back.clone());
+        |code: PageCode, status: StatusCode| ctx.page_error(lang, status, code, back.clone());
     // Mix-up defence: each provider answers at its own redirect URI, so a
     // code delivered on another provider's callback than the one this
     // sign-in went to is refused before anything is redeemed.
     if path_provider != pending.provider {
         tracing::warn!(event = "upstream_callback", provider = %pending.provider, callback_of = ?path_provider.chars().take(64).collect::<String>(), "callback on another provider's redirect URI refused (mix-up)");
-        return Err(fail("upstream_mixup", StatusCode::BAD_REQUEST));
+        return Err(fail(PageCode::UpstreamMixup, StatusCode::BAD_REQUEST));
     }
     let provider = fed
         .provider(&pending.provider)
-        .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
+        .ok_or_else(|| fail(PageCode::UpstreamError, StatusCode::BAD_REQUEST))?;
     let meta = provider.metadata(&ctx.app.http).await.map_err(|e| {
         tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = %e, "upstream unavailable");
-        fail("upstream_unavailable", StatusCode::BAD_GATEWAY)
+        fail(PageCode::UpstreamUnavailable, StatusCode::BAD_GATEWAY)
     })?;
     // RFC 9207: iss, when sent, must be the provider's own; and it must be
     // sent when the provider advertises it (or `require_iss` is set).
     match params.get("iss") {
         Some(iss) if iss != provider.cfg.issuer => {
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback iss mismatch refused");
-            return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
+            return Err(fail(PageCode::UpstreamError, StatusCode::BAD_REQUEST));
         }
         None if provider.iss_required(&meta) => {
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, "callback without the required iss refused");
-            return Err(fail("upstream_error", StatusCode::BAD_REQUEST));
+            return Err(fail(PageCode::UpstreamError, StatusCode::BAD_REQUEST));
         }
         _ => {}
     }
     if let Some(err) = params.get("error") {
         tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, error = ?err, "upstream returned an error");
         let code = if err == "access_denied" {
-            "access_denied"
+            PageCode::AccessDenied
         } else {
-            "upstream_error"
+            PageCode::UpstreamError
         };
         return Err(fail(code, StatusCode::BAD_REQUEST));
     }
     let code = params
         .get("code")
-        .ok_or_else(|| fail("upstream_error", StatusCode::BAD_REQUEST))?;
+        .ok_or_else(|| fail(PageCode::UpstreamError, StatusCode::BAD_REQUEST))?;
     let login = provider
         .finish(&ctx.app.http, &fed.url(&provider.callback_path()), code, &pending, &fed.cfg.acr_values, Some(&fed.keys))
         .await
@@ -110,12 +118,12 @@ pub async fn callback(
             tracing::warn!(event = "upstream_callback", provider = %provider.cfg.id, error = ?e, "upstream sign-in failed");
             use crate::upstream::UpstreamError as U;
             match e {
-                U::Unavailable(_) => fail("upstream_unavailable", StatusCode::BAD_GATEWAY),
-                U::Refused(_) => fail("upstream_error", StatusCode::BAD_GATEWAY),
-                U::InvalidToken(_) => fail("upstream_invalid_token", StatusCode::BAD_GATEWAY),
-                U::Claims(m) if m.contains("acr") => fail("acr_not_satisfied", StatusCode::FORBIDDEN),
-                U::Claims(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
-                U::Config(_) => fail("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+                U::Unavailable(_) => fail(PageCode::UpstreamUnavailable, StatusCode::BAD_GATEWAY),
+                U::Refused(_) => fail(PageCode::UpstreamError, StatusCode::BAD_GATEWAY),
+                U::InvalidToken(_) => fail(PageCode::UpstreamInvalidToken, StatusCode::BAD_GATEWAY),
+                U::Claims(m) if m.contains("acr") => fail(PageCode::AcrNotSatisfied, StatusCode::FORBIDDEN),
+                U::Claims(_) => fail(PageCode::InvalidIdentity, StatusCode::BAD_GATEWAY),
+                U::Config(_) => fail(PageCode::ServerError, StatusCode::INTERNAL_SERVER_ERROR),
             }
         })?;
     tracing::info!(event = "upstream_callback", provider = %provider.cfg.id, acr = ?login.acr, "upstream sign-in verified");
@@ -124,7 +132,7 @@ pub async fn callback(
         Profile::Citizen => {
             let identity = PivotIdentity::from_claims(&login.claims).map_err(|e| {
                 tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = %e, "invalid pivot identity");
-                fail("invalid_identity", StatusCode::BAD_GATEWAY)
+                fail(PageCode::InvalidIdentity, StatusCode::BAD_GATEWAY)
             })?;
             registry_check(&ctx, &identity, &inter.req).await?;
             let mut claims = identity.to_claims();
@@ -141,8 +149,8 @@ pub async fn callback(
             let agent = crate::subject::agent::identity_from_login(fed, provider, &login).map_err(|e| {
                 tracing::warn!(event = "identity_rejected", provider = %provider.cfg.id, reason = ?e, "agent identity refused");
                 match e {
-                    crate::subject::agent::AgentRefusal::Domain(_) => fail("domain_not_allowed", StatusCode::FORBIDDEN),
-                    crate::subject::agent::AgentRefusal::Identity(_) => fail("invalid_identity", StatusCode::BAD_GATEWAY),
+                    crate::subject::agent::AgentRefusal::Domain(_) => fail(PageCode::DomainNotAllowed, StatusCode::FORBIDDEN),
+                    crate::subject::agent::AgentRefusal::Identity(_) => fail(PageCode::InvalidIdentity, StatusCode::BAD_GATEWAY),
                 }
             })?;
             let account = ctx
@@ -212,7 +220,12 @@ pub async fn callback(
         )
         .await?
     {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+        return Err(ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            None,
+        ));
     }
     // A completed sign-in at this provider replaced any session a usager
     // had left there on this browser.
@@ -288,7 +301,7 @@ pub(crate) async fn registry_check(
             Err(ctx.page_error(
                 req.lang,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
+                PageCode::TemporarilyUnavailable,
                 Some(ctx.back_url(req, "temporarily_unavailable")),
             ))
         }
@@ -297,7 +310,7 @@ pub(crate) async fn registry_check(
             Err(ctx.page_error(
                 req.lang,
                 StatusCode::FORBIDDEN,
-                "registry_refused",
+                PageCode::RegistryRefused,
                 Some(ctx.back_url(req, "access_denied")),
             ))
         }

@@ -11,6 +11,7 @@ use crate::http::cookies::Cookies;
 use crate::http::params::Params;
 use crate::store::Kind;
 use crate::subject::agent::identity::normalise_email;
+use crate::web::i18n::PageCode;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -30,7 +31,7 @@ pub async fn email_submit(
         return Err(ctx.page_error(
             inter.req.lang,
             StatusCode::BAD_REQUEST,
-            "invalid_email",
+            PageCode::InvalidEmail,
             Some(ctx.fed.url(&format!("/interaction/{id}"))),
         ));
     };
@@ -150,7 +151,11 @@ pub async fn choose_submit(
         .as_ref()
         .is_some_and(|c| !c.contains(&provider))
     {
-        return Err(ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "invalid_request"));
+        return Err(ctx.refuse(
+            &inter.req,
+            StatusCode::BAD_REQUEST,
+            PageCode::InvalidRequest,
+        ));
     }
     let url = start_upstream(&ctx, &cookies, &id, &mut inter, &provider).await?;
     let data = serde_json::to_string(&inter).map_err(AppError::internal)?;

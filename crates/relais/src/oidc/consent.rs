@@ -12,6 +12,7 @@ use crate::http::params::Params;
 use crate::oidc::session::Authn;
 use crate::store::Kind;
 use crate::subject::citizen::pairwise_sub;
+use crate::web::i18n::PageCode;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -23,7 +24,13 @@ pub(crate) fn session_authn(ctx: &Ctx, inter: &Interaction) -> Result<Authn, App
         .authn
         .clone()
         .filter(|_| inter.own_page().is_none())
-        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "interaction_expired"))
+        .ok_or_else(|| {
+            ctx.refuse(
+                &inter.req,
+                StatusCode::BAD_REQUEST,
+                PageCode::InteractionExpired,
+            )
+        })
 }
 
 pub async fn consent_page(
@@ -102,7 +109,14 @@ pub async fn consent_submit(
     // browser's cookie removes nothing. The binding is checked again below;
     // a request that may not use the interaction puts it back untouched.
     let lang = lang_from(&headers, None);
-    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let expired = || {
+        ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            None,
+        )
+    };
     let Some(sid) = cookies.session_id(&ctx.fed) else {
         return Err(expired());
     };

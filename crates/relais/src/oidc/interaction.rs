@@ -12,6 +12,7 @@ use crate::http::page::lang_from;
 use crate::http::params::Params;
 use crate::oidc::session::Authn;
 use crate::store::Kind;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -215,12 +216,7 @@ impl Ctx {
 
     /// Error page for this sign-in, with a link returning `access_denied`
     /// (and the original state) to the service.
-    pub(crate) fn refuse(
-        &self,
-        req: &AuthRequest,
-        status: StatusCode,
-        code: &'static str,
-    ) -> AppError {
+    pub(crate) fn refuse(&self, req: &AuthRequest, status: StatusCode, code: PageCode) -> AppError {
         self.page_error(
             req.lang,
             status,
@@ -241,7 +237,7 @@ impl Ctx {
     pub(crate) fn client_of(&self, req: &AuthRequest) -> Result<&Client, AppError> {
         self.client(&req.client_id).ok_or_else(|| {
             tracing::info!(federation = %self.fed.id, "interaction without a service at a service step");
-            self.page_error(req.lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+            self.page_error(req.lang, StatusCode::BAD_REQUEST, PageCode::InteractionExpired, None)
         })
     }
 }
@@ -266,7 +262,14 @@ pub(crate) async fn load_interaction_raw(
     headers: &HeaderMap,
 ) -> Result<(Interaction, String), AppError> {
     let lang = lang_from(headers, None);
-    let expired = || ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None);
+    let expired = || {
+        ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            None,
+        )
+    };
     let raw = ctx
         .app
         .store
@@ -284,7 +287,7 @@ pub(crate) fn check_csrf(ctx: &Ctx, inter: &Interaction, form: &Params) -> Resul
     let given = form.get("csrf").unwrap_or("");
     if !crate::crypto::ct_eq(given.as_bytes(), inter.csrf.as_bytes()) {
         tracing::warn!(federation = %ctx.fed.id, "CSRF token missing or wrong");
-        return Err(ctx.page_error(inter.req.lang, StatusCode::FORBIDDEN, "csrf", None));
+        return Err(ctx.page_error(inter.req.lang, StatusCode::FORBIDDEN, PageCode::Csrf, None));
     }
     Ok(())
 }

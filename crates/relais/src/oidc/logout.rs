@@ -10,6 +10,7 @@ use crate::http::page::lang_from;
 use crate::http::params::Params;
 use crate::oidc::session::load_session;
 use crate::store::Kind;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -89,7 +90,12 @@ async fn end_session(
     let lang = lang_from(&headers, params.get("ui_locales"));
     // Bounded before anything is verified, stored or echoed.
     if super::authorize::over_long(&params).is_some() {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "invalid_request", None));
+        return Err(ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InvalidRequest,
+            None,
+        ));
     }
     let client_id = params
         .get("id_token_hint")
@@ -113,7 +119,7 @@ async fn end_session(
                 return Err(ctx.page_error(
                     lang,
                     StatusCode::BAD_REQUEST,
-                    "invalid_redirect_uri",
+                    PageCode::InvalidRedirectUri,
                     None,
                 ));
             }
@@ -214,9 +220,9 @@ async fn confirm(
         .take(Kind::Logout, id, &ctx.fed.id, ctx.now())
         .await?
         .and_then(|r| serde_json::from_str(&r).ok())
-        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None))?;
+        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::Csrf, None))?;
     if flow.session != cookies.session_id(&ctx.fed) {
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::Csrf, None));
     }
     tracing::info!(event = "logout", federation = %ctx.fed.id, "logout confirmed by the person");
     finish_logout(&ctx, &cookies, flow).await
@@ -349,7 +355,12 @@ pub async fn upstream_logout_callback(
         .await?
         .and_then(|r| serde_json::from_str(&r).ok())
         .ok_or_else(|| {
-            ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None)
+            ctx.page_error(
+                lang,
+                StatusCode::BAD_REQUEST,
+                PageCode::InteractionExpired,
+                None,
+            )
         })?;
     return_to_service(&ctx, flow)
 }

@@ -22,6 +22,7 @@ use crate::app::Ctx;
 use crate::app::{AppState, Federation};
 use crate::http::page::lang_from;
 use crate::http::params::Params;
+use crate::web::i18n::PageCode;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -85,7 +86,7 @@ async fn not_found_here(
     // unread body would cut the connection under a client still sending.
     let _ = axum::body::to_bytes(body, crate::BODY_LIMIT).await;
     let lang = lang_from(&headers, None);
-    ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
+    ctx.page_error(lang, StatusCode::NOT_FOUND, PageCode::NotFound, None)
         .into_response()
 }
 

@@ -129,6 +129,28 @@ fn alg_of(name: &str) -> Option<CoreJwsSigningAlgorithm> {
     }
 }
 
+/// What one upstream sign-in asks the provider for (see [`Upstream::start`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamRequest<'a> {
+    /// Relais' callback for this provider.
+    pub redirect_uri: &'a str,
+    /// The minimum acr of the service's request, if any.
+    pub acr_min: Option<&'a str>,
+    /// The federation's acr values, weakest first.
+    pub acr_ladder: &'a [String],
+    pub login_hint: Option<&'a str>,
+    /// Agent profile: forwarded as `siret_hint`.
+    pub siret_hint: Option<&'a str>,
+    /// Ask for a fresh authentication (`prompt=login`).
+    pub force_login: bool,
+    pub max_age: Option<i64>,
+    /// The interaction and browser session the sign-in belongs to.
+    pub interaction: &'a str,
+    pub session: &'a str,
+    /// The upstream `state` (`<interaction id>.<secret>`).
+    pub state: &'a str,
+}
+
 impl Upstream {
     pub fn new(cfg: ProviderConfig, cooldown: Duration) -> Upstream {
         Upstream {
@@ -259,21 +281,23 @@ impl Upstream {
     }
 
     /// Build the authorization URL; returns (url, state, pending data).
-    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         http: &reqwest::Client,
-        redirect_uri: &str,
-        acr_min: Option<&str>,
-        acr_ladder: &[String],
-        login_hint: Option<&str>,
-        siret_hint: Option<&str>,
-        force_login: bool,
-        max_age: Option<i64>,
-        interaction: &str,
-        session: &str,
-        state: &str,
+        r: &UpstreamRequest<'_>,
     ) -> Result<(String, String, PendingUpstream), UpstreamError> {
+        let UpstreamRequest {
+            redirect_uri,
+            acr_min,
+            acr_ladder,
+            login_hint,
+            siret_hint,
+            force_login,
+            max_age,
+            interaction,
+            session,
+            state,
+        } = *r;
         let meta = self.metadata(http).await?;
         let client = self.client(&meta, redirect_uri)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();

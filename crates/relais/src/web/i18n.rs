@@ -173,95 +173,189 @@ pub fn claim_label(lang: Lang, claim: &str) -> &'static str {
     }
 }
 
+/// The code of an HTML error page: shown on the page (so a person can quote
+/// it to the help desk), logged, and the key of its French and English text.
+/// A closed list: a page cannot show a code without a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCode {
+    InvalidClient,
+    InvalidRedirectUri,
+    InteractionExpired,
+    Csrf,
+    AccessDenied,
+    UpstreamError,
+    UpstreamMixup,
+    CallbackMoved,
+    UpstreamUnavailable,
+    UpstreamInvalidToken,
+    InvalidIdentity,
+    RegistryRefused,
+    TemporarilyUnavailable,
+    AcrNotSatisfied,
+    NotFound,
+    NoProviderForDomain,
+    DomainNotAllowed,
+    InvalidEmail,
+    MandateRefused,
+    TooManyAttempts,
+    RequestTooLarge,
+    ServerError,
+    InvalidRequest,
+}
+
+impl PageCode {
+    /// Every code (for the tests of the texts).
+    pub const ALL: [PageCode; 23] = [
+        PageCode::InvalidClient,
+        PageCode::InvalidRedirectUri,
+        PageCode::InteractionExpired,
+        PageCode::Csrf,
+        PageCode::AccessDenied,
+        PageCode::UpstreamError,
+        PageCode::UpstreamMixup,
+        PageCode::CallbackMoved,
+        PageCode::UpstreamUnavailable,
+        PageCode::UpstreamInvalidToken,
+        PageCode::InvalidIdentity,
+        PageCode::RegistryRefused,
+        PageCode::TemporarilyUnavailable,
+        PageCode::AcrNotSatisfied,
+        PageCode::NotFound,
+        PageCode::NoProviderForDomain,
+        PageCode::DomainNotAllowed,
+        PageCode::InvalidEmail,
+        PageCode::MandateRefused,
+        PageCode::TooManyAttempts,
+        PageCode::RequestTooLarge,
+        PageCode::ServerError,
+        PageCode::InvalidRequest,
+    ];
+
+    /// The code as shown and logged (`interaction_expired`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageCode::InvalidClient => "invalid_client",
+            PageCode::InvalidRedirectUri => "invalid_redirect_uri",
+            PageCode::InteractionExpired => "interaction_expired",
+            PageCode::Csrf => "csrf",
+            PageCode::AccessDenied => "access_denied",
+            PageCode::UpstreamError => "upstream_error",
+            PageCode::UpstreamMixup => "upstream_mixup",
+            PageCode::CallbackMoved => "callback_moved",
+            PageCode::UpstreamUnavailable => "upstream_unavailable",
+            PageCode::UpstreamInvalidToken => "upstream_invalid_token",
+            PageCode::InvalidIdentity => "invalid_identity",
+            PageCode::RegistryRefused => "registry_refused",
+            PageCode::TemporarilyUnavailable => "temporarily_unavailable",
+            PageCode::AcrNotSatisfied => "acr_not_satisfied",
+            PageCode::NotFound => "not_found",
+            PageCode::NoProviderForDomain => "no_provider_for_domain",
+            PageCode::DomainNotAllowed => "domain_not_allowed",
+            PageCode::InvalidEmail => "invalid_email",
+            PageCode::MandateRefused => "mandate_refused",
+            PageCode::TooManyAttempts => "too_many_attempts",
+            PageCode::RequestTooLarge => "request_too_large",
+            PageCode::ServerError => "server_error",
+            PageCode::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+impl std::fmt::Display for PageCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Text for an error code shown on error pages.
-pub fn error_text(lang: Lang, code: &str) -> &'static str {
+pub fn error_text(lang: Lang, code: PageCode) -> &'static str {
     match (lang, code) {
-        (Lang::Fr, "invalid_client") => "Ce service n'est pas reconnu par Relais.",
-        (Lang::Fr, "invalid_redirect_uri") => {
+        (Lang::Fr, PageCode::InvalidClient) => "Ce service n'est pas reconnu par Relais.",
+        (Lang::Fr, PageCode::InvalidRedirectUri) => {
             "L'adresse de retour de ce service n'est pas enregistrée."
         }
-        (Lang::Fr, "interaction_expired") => {
+        (Lang::Fr, PageCode::InteractionExpired) => {
             "Votre demande de connexion a expiré ou n'existe pas. Recommencez depuis le service."
         }
-        (Lang::Fr, "csrf") => {
+        (Lang::Fr, PageCode::Csrf) => {
             "Le formulaire a expiré ou n'est pas valide. Recommencez depuis le service."
         }
-        (Lang::Fr, "access_denied") => "La connexion a été refusée ou annulée.",
-        (Lang::Fr, "upstream_error") => "Le fournisseur d'identité a renvoyé une erreur.",
-        (Lang::Fr, "upstream_mixup") => {
+        (Lang::Fr, PageCode::AccessDenied) => "La connexion a été refusée ou annulée.",
+        (Lang::Fr, PageCode::UpstreamError) => "Le fournisseur d'identité a renvoyé une erreur.",
+        (Lang::Fr, PageCode::UpstreamMixup) => {
             "La réponse reçue ne vient pas du fournisseur d'identité choisi pour cette connexion : elle est refusée. Recommencez depuis le service."
         }
-        (Lang::Fr, "callback_moved") => {
+        (Lang::Fr, PageCode::CallbackMoved) => {
             "Ce fournisseur d'identité renvoie vers une ancienne adresse de Relais : la connexion ne peut pas aboutir. Choisissez un autre fournisseur ou réessayez plus tard."
         }
-        (Lang::Fr, "upstream_unavailable") => {
+        (Lang::Fr, PageCode::UpstreamUnavailable) => {
             "Le fournisseur d'identité ne répond pas. Réessayez plus tard."
         }
-        (Lang::Fr, "upstream_invalid_token") => {
+        (Lang::Fr, PageCode::UpstreamInvalidToken) => {
             "La réponse du fournisseur d'identité n'a pas pu être vérifiée."
         }
-        (Lang::Fr, "invalid_identity") => {
+        (Lang::Fr, PageCode::InvalidIdentity) => {
             "L'identité transmise par le fournisseur d'identité est incomplète ou invalide."
         }
-        (Lang::Fr, "registry_refused") => {
+        (Lang::Fr, PageCode::RegistryRefused) => {
             "Votre identité n'a pas pu être confirmée auprès du répertoire national."
         }
-        (Lang::Fr, "temporarily_unavailable") => {
+        (Lang::Fr, PageCode::TemporarilyUnavailable) => {
             "Le service est momentanément indisponible. Réessayez plus tard."
         }
-        (Lang::Fr, "acr_not_satisfied") => {
+        (Lang::Fr, PageCode::AcrNotSatisfied) => {
             "Le niveau de sécurité obtenu est inférieur à celui demandé par le service."
         }
-        (Lang::Fr, "not_found") => "Page introuvable.",
-        (Lang::Fr, "no_provider_for_domain") => "Aucun fournisseur d'identité n'est rattaché au domaine de cette adresse électronique.",
-        (Lang::Fr, "domain_not_allowed") => "Ce fournisseur d'identité n'est pas habilité pour le domaine de votre adresse électronique.",
-        (Lang::Fr, "invalid_email") => "L'adresse électronique n'est pas valide.",
-        (Lang::Fr, "mandate_refused") => "Ce mandat ne permet pas d'agir pour cet usager auprès de ce service : il a expiré, a été révoqué, ne couvre pas cette démarche ou n'appartient pas à votre structure.",
-        (Lang::Fr, "too_many_attempts") => "Trop de tentatives de connexion. Réessayez plus tard.",
-        (Lang::Fr, "request_too_large") => "La demande est trop volumineuse.",
-        (Lang::Fr, "server_error") => "Erreur interne. Réessayez plus tard.",
-        (Lang::Fr, _) => "La demande n'est pas valide.",
-        (Lang::En, "invalid_client") => "This service is not known to Relais.",
-        (Lang::En, "invalid_redirect_uri") => "This service's return address is not registered.",
-        (Lang::En, "interaction_expired") => {
+        (Lang::Fr, PageCode::NotFound) => "Page introuvable.",
+        (Lang::Fr, PageCode::NoProviderForDomain) => "Aucun fournisseur d'identité n'est rattaché au domaine de cette adresse électronique.",
+        (Lang::Fr, PageCode::DomainNotAllowed) => "Ce fournisseur d'identité n'est pas habilité pour le domaine de votre adresse électronique.",
+        (Lang::Fr, PageCode::InvalidEmail) => "L'adresse électronique n'est pas valide.",
+        (Lang::Fr, PageCode::MandateRefused) => "Ce mandat ne permet pas d'agir pour cet usager auprès de ce service : il a expiré, a été révoqué, ne couvre pas cette démarche ou n'appartient pas à votre structure.",
+        (Lang::Fr, PageCode::TooManyAttempts) => "Trop de tentatives de connexion. Réessayez plus tard.",
+        (Lang::Fr, PageCode::RequestTooLarge) => "La demande est trop volumineuse.",
+        (Lang::Fr, PageCode::ServerError) => "Erreur interne. Réessayez plus tard.",
+        (Lang::Fr, PageCode::InvalidRequest) => "La demande n'est pas valide.",
+        (Lang::En, PageCode::InvalidClient) => "This service is not known to Relais.",
+        (Lang::En, PageCode::InvalidRedirectUri) => "This service's return address is not registered.",
+        (Lang::En, PageCode::InteractionExpired) => {
             "Your sign-in request has expired or does not exist. Start again from the service."
         }
-        (Lang::En, "csrf") => "The form has expired or is invalid. Start again from the service.",
-        (Lang::En, "access_denied") => "The sign-in was refused or cancelled.",
-        (Lang::En, "upstream_error") => "The identity provider returned an error.",
-        (Lang::En, "upstream_mixup") => {
+        (Lang::En, PageCode::Csrf) => "The form has expired or is invalid. Start again from the service.",
+        (Lang::En, PageCode::AccessDenied) => "The sign-in was refused or cancelled.",
+        (Lang::En, PageCode::UpstreamError) => "The identity provider returned an error.",
+        (Lang::En, PageCode::UpstreamMixup) => {
             "The answer received does not come from the identity provider chosen for this sign-in: it is refused. Start again from the service."
         }
-        (Lang::En, "callback_moved") => {
+        (Lang::En, PageCode::CallbackMoved) => {
             "This identity provider returns to a former address of Relais: the sign-in cannot complete. Choose another provider or try again later."
         }
-        (Lang::En, "upstream_unavailable") => {
+        (Lang::En, PageCode::UpstreamUnavailable) => {
             "The identity provider does not answer. Try again later."
         }
-        (Lang::En, "upstream_invalid_token") => {
+        (Lang::En, PageCode::UpstreamInvalidToken) => {
             "The identity provider's answer could not be verified."
         }
-        (Lang::En, "invalid_identity") => {
+        (Lang::En, PageCode::InvalidIdentity) => {
             "The identity sent by the identity provider is incomplete or invalid."
         }
-        (Lang::En, "registry_refused") => {
+        (Lang::En, PageCode::RegistryRefused) => {
             "Your identity could not be confirmed with the national registry."
         }
-        (Lang::En, "temporarily_unavailable") => {
+        (Lang::En, PageCode::TemporarilyUnavailable) => {
             "The service is temporarily unavailable. Try again later."
         }
-        (Lang::En, "acr_not_satisfied") => {
+        (Lang::En, PageCode::AcrNotSatisfied) => {
             "The security level obtained is lower than the one the service asked for."
         }
-        (Lang::En, "not_found") => "Page not found.",
-        (Lang::En, "no_provider_for_domain") => "No identity provider is attached to this email address's domain.",
-        (Lang::En, "domain_not_allowed") => "This identity provider may not vouch for your email address's domain.",
-        (Lang::En, "invalid_email") => "The email address is not valid.",
-        (Lang::En, "mandate_refused") => "This mandate does not allow acting for this usager at this service: it expired, was revoked, does not cover this procedure or does not belong to your organisation.",
-        (Lang::En, "too_many_attempts") => "Too many sign-in attempts. Try again later.",
-        (Lang::En, "request_too_large") => "The request is too large.",
-        (Lang::En, "server_error") => "Internal error. Try again later.",
-        (Lang::En, _) => "The request is not valid.",
+        (Lang::En, PageCode::NotFound) => "Page not found.",
+        (Lang::En, PageCode::NoProviderForDomain) => "No identity provider is attached to this email address's domain.",
+        (Lang::En, PageCode::DomainNotAllowed) => "This identity provider may not vouch for your email address's domain.",
+        (Lang::En, PageCode::InvalidEmail) => "The email address is not valid.",
+        (Lang::En, PageCode::MandateRefused) => "This mandate does not allow acting for this usager at this service: it expired, was revoked, does not cover this procedure or does not belong to your organisation.",
+        (Lang::En, PageCode::TooManyAttempts) => "Too many sign-in attempts. Try again later.",
+        (Lang::En, PageCode::RequestTooLarge) => "The request is too large.",
+        (Lang::En, PageCode::ServerError) => "Internal error. Try again later.",
+        (Lang::En, PageCode::InvalidRequest) => "The request is not valid.",
     }
 }
 
@@ -275,5 +369,20 @@ mod tests {
         assert_eq!(Lang::negotiate(None, Some("en-GB,en;q=0.9")), Lang::En);
         assert_eq!(Lang::negotiate(Some("de"), Some("de-DE")), Lang::Fr);
         assert_eq!(Lang::negotiate(Some("fr-FR"), Some("en")), Lang::Fr);
+    }
+
+    #[test]
+    fn every_page_code_has_its_own_text_in_both_languages() {
+        for lang in [Lang::Fr, Lang::En] {
+            let generic = error_text(lang, PageCode::InvalidRequest);
+            for code in PageCode::ALL {
+                let text = error_text(lang, code);
+                assert!(!text.is_empty(), "{code} has no text");
+                if code != PageCode::InvalidRequest {
+                    assert_ne!(text, generic, "{code} shows the generic text");
+                }
+            }
+        }
+        assert_eq!(PageCode::InteractionExpired.as_str(), "interaction_expired");
     }
 }

@@ -12,6 +12,7 @@ use crate::http::page::lang_from;
 use crate::http::params::FormBody;
 use crate::http::params::Params;
 use crate::http::params::Segment;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -133,7 +134,7 @@ pub(super) async fn revoke(
             Ok(())
         }
         Err(crate::aidants::MandateError::NotAllowed) => {
-            Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))
+            Err(ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::MandateRefused, None))
         }
         Err(crate::aidants::MandateError::NotFound(_)) => Err(not_found(ctx, lang)),
         Err(e) => Err(e.into()),

@@ -15,6 +15,7 @@ use crate::http::page::lang_from;
 use crate::http::params::FormBody;
 use crate::http::params::Params;
 use crate::http::params::Segment;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -106,7 +107,7 @@ fn status(error: bool) -> StatusCode {
 
 fn not_found(ctx: &Ctx, lang: Lang) -> Response {
     private(
-        ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
+        ctx.page_error(lang, StatusCode::NOT_FOUND, PageCode::NotFound, None)
             .into_response(),
         StatusCode::NOT_FOUND,
     )

@@ -19,6 +19,7 @@ use crate::oidc::session::Delegation;
 use crate::oidc::session::SessionData;
 use crate::store::Kind;
 use crate::subject::citizen::pairwise_sub;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::{FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
@@ -103,7 +104,7 @@ impl SignInGuard {
             .page_error(
                 lang,
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
+                PageCode::TooManyAttempts,
                 None,
             )
             .into_response();
@@ -148,14 +149,14 @@ impl AidantStep {
 fn delegating_client<'a>(ctx: &'a Ctx, inter: &Interaction) -> Result<&'a Client, AppError> {
     ctx.client(&inter.req.client_id)
         .filter(|c| !c.cfg.delegation_domains.is_empty() && ctx.fed.cfg.profile == Profile::Citizen)
-        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::NOT_FOUND, "not_found"))
+        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::NOT_FOUND, PageCode::NotFound))
 }
 
 /// The service asked for more than an aidant's authentication gives.
 fn check_acr(ctx: &Ctx, inter: &Interaction) -> Result<(), AppError> {
     if let Some(min) = &inter.req.acr_min {
         if ctx.fed.acr_rank(AIDANT_ACR) < ctx.fed.acr_rank(min) {
-            return Err(ctx.refuse(&inter.req, StatusCode::FORBIDDEN, "acr_not_satisfied"));
+            return Err(ctx.refuse(&inter.req, StatusCode::FORBIDDEN, PageCode::AcrNotSatisfied));
         }
     }
     Ok(())
@@ -165,7 +166,7 @@ fn refused(ctx: &Ctx, inter: &Interaction, id: &str) -> AppError {
     ctx.page_error(
         inter.req.lang,
         StatusCode::FORBIDDEN,
-        "mandate_refused",
+        PageCode::MandateRefused,
         Some(ctx.fed.url(&format!("/interaction/{id}/aidant/usagers"))),
     )
 }
@@ -303,10 +304,13 @@ pub async fn login_submit(
 }
 
 fn signed_in(ctx: &Ctx, inter: &Interaction) -> Result<AidantStep, AppError> {
-    inter
-        .aidant
-        .clone()
-        .ok_or_else(|| ctx.refuse(&inter.req, StatusCode::BAD_REQUEST, "interaction_expired"))
+    inter.aidant.clone().ok_or_else(|| {
+        ctx.refuse(
+            &inter.req,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+        )
+    })
 }
 
 fn usager_name(claims: &Map<String, Value>) -> Option<String> {

@@ -18,6 +18,7 @@ use crate::oidc::interaction::Purpose;
 use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
 use crate::store::Kind;
 use crate::subject::citizen::PivotIdentity;
+use crate::web::i18n::PageCode;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -42,7 +43,7 @@ pub async fn draft_submit(
         ctx.page_error(
             lang,
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            PageCode::InvalidRequest,
             Some(home_url(&ctx)),
         )
     };
@@ -52,7 +53,9 @@ pub async fn draft_submit(
         .organisation(&step.org_id)
         .await?
         .filter(|o| o.active)
-        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+        .ok_or_else(|| {
+            ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::MandateRefused, None)
+        })?;
     let domains: Vec<String> = org
         .allowed_domains(&ctx.app.aidant_domains)
         .into_iter()
@@ -88,7 +91,7 @@ pub(super) fn draft_and_usager(
         ctx.page_error(
             inter.req.lang,
             StatusCode::BAD_REQUEST,
-            "interaction_expired",
+            PageCode::InteractionExpired,
             Some(home_url(ctx)),
         )
     };
@@ -190,7 +193,12 @@ pub async fn recap_submit(
         .await?
         .is_none()
     {
-        return Err(ctx.page_error(lang, StatusCode::BAD_REQUEST, "interaction_expired", None));
+        return Err(ctx.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            None,
+        ));
     }
     let identity = PivotIdentity::from_claims(&authn.claims).map_err(AppError::internal)?;
     let salt = Salt::load_or_create(&ctx.app.journal_salt_path).map_err(AppError::internal)?;

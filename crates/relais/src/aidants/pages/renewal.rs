@@ -15,6 +15,7 @@ use crate::http::page::lang_from;
 use crate::http::params::FormBody;
 use crate::http::params::Params;
 use crate::http::params::Segment;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -82,7 +83,9 @@ pub(super) async fn renewal_target(
         .organisation(&m.org_id)
         .await?
         .filter(|o| o.active)
-        .ok_or_else(|| ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None))?;
+        .ok_or_else(|| {
+            ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::MandateRefused, None)
+        })?;
     Ok(Some((sid, step, m, org)))
 }
 

@@ -26,6 +26,7 @@ use crate::oidc::session::load_session;
 use crate::oidc::session::NewSession;
 use crate::oidc::session::SessionData;
 use crate::store::Kind;
+use crate::web::i18n::PageCode;
 use crate::web::Lang;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -35,7 +36,7 @@ use serde_json::{json, Value};
 
 /// The 404 page of the aidant and usager pages.
 pub(super) fn not_found(ctx: &Ctx, lang: Lang) -> AppError {
-    ctx.page_error(lang, StatusCode::NOT_FOUND, "not_found", None)
+    ctx.page_error(lang, StatusCode::NOT_FOUND, PageCode::NotFound, None)
 }
 
 /// The 403 page of a refused mandate step, with a link to `/aidant`.
@@ -43,7 +44,7 @@ pub(super) fn refused_home(ctx: &Ctx, lang: Lang) -> AppError {
     ctx.page_error(
         lang,
         StatusCode::FORBIDDEN,
-        "mandate_refused",
+        PageCode::MandateRefused,
         Some(home_url(ctx)),
     )
 }
@@ -348,7 +349,7 @@ pub(super) fn check_page_csrf(
         Ok(())
     } else {
         tracing::warn!(federation = %ctx.fed.id, page = "aidant", "CSRF token missing or wrong");
-        Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None))
+        Err(ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::Csrf, None))
     }
 }
 
@@ -603,7 +604,7 @@ pub async fn login_submit(
     // cookie), checked before anything is counted.
     let Some(sid) = cookies.session_id(&ctx.fed) else {
         tracing::warn!(federation = %ctx.fed.id, page = "aidant", "sign-in without a cookie");
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "csrf", None));
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::Csrf, None));
     };
     check_page_csrf(&ctx, lang, &sid, &form)?;
     if let Some(resp) = guard.refuse(&ctx, lang).await? {
@@ -650,7 +651,7 @@ pub async fn login_submit(
         Err(e) => return Err(e.into()),
     };
     let Some(org_id) = login.current_org else {
-        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, "mandate_refused", None));
+        return Err(ctx.page_error(lang, StatusCode::FORBIDDEN, PageCode::MandateRefused, None));
     };
     // A new session (new id after authentication), replacing any other.
     let step = AidantStep {

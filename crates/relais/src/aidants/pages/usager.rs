@@ -21,6 +21,7 @@ use crate::http::params::Segment;
 use crate::oidc::interaction::Purpose;
 use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
 use crate::subject::citizen::PivotIdentity;
+use crate::web::i18n::PageCode;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -71,7 +72,7 @@ async fn signed_in(
         ctx.page_error(
             inter.req.lang,
             StatusCode::BAD_REQUEST,
-            "interaction_expired",
+            PageCode::InteractionExpired,
             Some(ctx.fed.url("/usager")),
         )
     };
