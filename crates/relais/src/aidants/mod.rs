@@ -535,3 +535,21 @@ pub struct MandateDraft {
     pub domains: Vec<String>,
     pub duration_days: i64,
 }
+
+/// One use of a mandate at a service (a `mandate_used` journal entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MandateUse {
+    pub at: i64,
+    pub mandate_id: String,
+    /// The service's client id.
+    pub client: String,
+    pub domain: String,
+}
+
+/// An aidant of an organisation, with their role there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgMember {
+    pub aidant_id: String,
+    pub email: String,
+    pub role: Role,
+}

@@ -541,9 +541,9 @@ pub(super) async fn referent_dashboard(
 ) -> Result<Option<DashboardView>, AppError> {
     let store = &ctx.app.store;
     let aidants = store.org_aidants(org_id).await?;
-    let referent = aidants.iter().any(|(id, _, role)| {
-        *id == step.aidant_id && matches!(role, crate::aidants::Role::Referent)
-    });
+    let referent = aidants
+        .iter()
+        .any(|a| a.aidant_id == step.aidant_id && matches!(a.role, crate::aidants::Role::Referent));
     if !referent {
         return Ok(None);
     }
@@ -569,20 +569,20 @@ pub(super) async fn referent_dashboard(
         .mandate_uses(org_id, RECENT_USES)
         .await?
         .into_iter()
-        .map(|(at, mandate_id, client, domain)| UseView {
-            at: crate::aidants::cli::utc(at),
-            mandate_id,
+        .map(|u| UseView {
+            at: crate::aidants::cli::utc(u.at),
+            mandate_id: u.mandate_id,
             client: ctx
-                .client(&client)
+                .client(&u.client)
                 .map(|c| c.cfg.name.clone())
-                .unwrap_or(client),
-            domain,
+                .unwrap_or(u.client),
+            domain: u.domain,
         })
         .collect();
     Ok(Some(DashboardView {
         aidants: aidants
             .into_iter()
-            .map(|(_, email, role)| (email, role.as_str()))
+            .map(|a| (a.email, a.role.as_str()))
             .collect(),
         expiring,
         uses,

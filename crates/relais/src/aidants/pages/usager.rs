@@ -124,15 +124,15 @@ pub async fn page(
                 .mandate_uses(&m.org_id, USES_SCANNED)
                 .await?
                 .into_iter()
-                .filter(|(_, mid, _, _)| *mid == m.id)
+                .filter(|u| u.mandate_id == m.id)
                 .take(USES_SHOWN)
-                .map(|(at, _, client, domain)| UseView {
-                    at: crate::aidants::cli::utc(at),
+                .map(|u| UseView {
+                    at: crate::aidants::cli::utc(u.at),
                     client: ctx
-                        .client(&client)
+                        .client(&u.client)
                         .map(|c| c.cfg.name.clone())
-                        .unwrap_or(client),
-                    domain,
+                        .unwrap_or(u.client),
+                    domain: u.domain,
                 })
                 .collect();
             mandates.push(MandateView {

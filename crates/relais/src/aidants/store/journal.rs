@@ -1,6 +1,7 @@
 //! The journal's rows: appends, pages, heads, and the mandate uses read from it.
 
 use crate::aidants::journal::{Entry, Head, Pending};
+use crate::aidants::MandateUse;
 use crate::store::{on, Result, Store};
 
 impl Store {
@@ -55,12 +56,8 @@ impl Store {
     }
 
     /// Uses of mandates at services (`mandate_used` entries) of an
-    /// organisation, newest first: (time, mandate id, client, domain).
-    pub async fn mandate_uses(
-        &self,
-        org_id: &str,
-        limit: i64,
-    ) -> Result<Vec<(i64, String, String, String)>> {
+    /// organisation, newest first.
+    pub async fn mandate_uses(&self, org_id: &str, limit: i64) -> Result<Vec<MandateUse>> {
         let rows: Vec<(i64, String)> = on!(self, p => sqlx::query_as(
                 "SELECT at, data FROM journal WHERE kind = 'mandate_used' AND org_id = $1 ORDER BY seq DESC LIMIT $2")
                 .bind(org_id).bind(limit).fetch_all(p).await)?;
@@ -69,7 +66,12 @@ impl Store {
             .filter_map(|(at, data)| {
                 let v: serde_json::Value = serde_json::from_str(&data).ok()?;
                 let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
-                Some((at, s("mandate_id"), s("client"), s("domain")))
+                Some(MandateUse {
+                    at,
+                    mandate_id: s("mandate_id"),
+                    client: s("client"),
+                    domain: s("domain"),
+                })
             })
             .collect())
     }

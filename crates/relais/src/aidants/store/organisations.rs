@@ -1,7 +1,7 @@
 //! Organisations (structures) and aidant memberships.
 
 use super::*;
-use crate::aidants::{valid_domain_name, Actor, MandateError, Organisation, Role};
+use crate::aidants::{valid_domain_name, Actor, MandateError, OrgMember, Organisation, Role};
 use crate::crypto::random_token;
 use crate::store::{on, Result, Store};
 use crate::subject::agent::identity::valid_siret;
@@ -165,13 +165,19 @@ impl Store {
     }
 
     /// The aidants of an organisation with their role, by e-mail.
-    pub async fn org_aidants(&self, org_id: &str) -> Result<Vec<(String, String, Role)>> {
+    pub async fn org_aidants(&self, org_id: &str) -> Result<Vec<OrgMember>> {
         let rows: Vec<(String, String, String)> = on!(self, p => sqlx::query_as(
             "SELECT a.id, a.email, o.role FROM aidants a JOIN aidant_orgs o ON o.aidant_id = a.id WHERE o.org_id = $1 ORDER BY a.email")
             .bind(org_id).fetch_all(p).await)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, email, r)| Role::parse(&r).map(|r| (id, email, r)))
+            .filter_map(|(aidant_id, email, r)| {
+                Role::parse(&r).map(|role| OrgMember {
+                    aidant_id,
+                    email,
+                    role,
+                })
+            })
             .collect())
     }
 
