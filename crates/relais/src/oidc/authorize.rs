@@ -17,7 +17,6 @@ use crate::http::page::lang_from;
 use crate::http::params::Params;
 use crate::oidc::session::load_session;
 use crate::oidc::session::Authn;
-use crate::store::Kind;
 use crate::subject::agent::identity::{normalise_email, Route};
 use crate::web::i18n::PageCode;
 use crate::web::Lang;
@@ -396,7 +395,6 @@ async fn authorize_inner(
     })?;
     let lang = lang_from(headers, params.get("ui_locales"));
     let req = validate(ctx, &params, lang)?;
-    let now = ctx.now();
     let fed = &ctx.fed;
     tracing::info!(event = "authorize_received", federation = %fed.id, client = %req.client_id, scopes = %req.scopes.join(" "), acr = ?req.acr_min, "authorize request");
 
@@ -500,17 +498,7 @@ async fn authorize_inner(
     } else {
         fed.url(&format!("/interaction/{id}"))
     };
-    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Interaction,
-            &id,
-            &fed.id,
-            &data,
-            now + fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    ctx.put_interaction(&id, &inter).await?;
     let mut resp = redirect(&location);
     if let Some(v) = set_new_cookie {
         resp.headers_mut().insert(

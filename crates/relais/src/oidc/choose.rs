@@ -36,17 +36,7 @@ pub async fn email_submit(
         ));
     };
     let url = agent_next(&ctx, &cookies, &id, &mut inter, &email).await?;
-    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .update(
-            Kind::Interaction,
-            &id,
-            &ctx.fed.id,
-            &data,
-            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    ctx.save_interaction(&id, &inter).await?;
     Ok(redirect(&url))
 }
 
@@ -158,17 +148,7 @@ pub async fn choose_submit(
         ));
     }
     let url = start_upstream(&ctx, &cookies, &id, &mut inter, &provider).await?;
-    let data = serde_json::to_string(&inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .update(
-            Kind::Interaction,
-            &id,
-            &ctx.fed.id,
-            &data,
-            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    ctx.save_interaction(&id, &inter).await?;
     tracing::info!(event = "idp_chosen", federation = %ctx.fed.id, provider = %provider, via = "choice_page", "identity provider chosen");
     Ok(redirect(&url))
 }

@@ -189,6 +189,46 @@ pub struct CodeData {
 }
 
 impl Ctx {
+    /// Store a new interaction under `id` for `interaction_ttl_secs`.
+    pub(crate) async fn put_interaction(
+        &self,
+        id: &str,
+        inter: &Interaction,
+    ) -> Result<(), AppError> {
+        let data = serde_json::to_string(inter).map_err(AppError::internal)?;
+        self.app
+            .store
+            .put(
+                Kind::Interaction,
+                id,
+                &self.fed.id,
+                &data,
+                self.now() + self.fed.cfg.interaction_ttl_secs,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Write back an interaction that moved on, extending its lifetime.
+    pub(crate) async fn save_interaction(
+        &self,
+        id: &str,
+        inter: &Interaction,
+    ) -> Result<(), AppError> {
+        let data = serde_json::to_string(inter).map_err(AppError::internal)?;
+        self.app
+            .store
+            .update(
+                Kind::Interaction,
+                id,
+                &self.fed.id,
+                &data,
+                self.now() + self.fed.cfg.interaction_ttl_secs,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub(crate) fn redirect_error(
         &self,
         req: &AuthRequest,

@@ -17,7 +17,6 @@ use crate::oidc::session::load_session;
 use crate::oidc::session::Authn;
 use crate::oidc::session::Delegation;
 use crate::oidc::session::SessionData;
-use crate::store::Kind;
 use crate::subject::citizen::pairwise_sub;
 use crate::web::i18n::PageCode;
 use crate::web::Lang;
@@ -171,21 +170,6 @@ fn refused(ctx: &Ctx, inter: &Interaction, id: &str) -> AppError {
     )
 }
 
-async fn save(ctx: &Ctx, id: &str, inter: &Interaction) -> Result<(), AppError> {
-    let data = serde_json::to_string(inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .update(
-            Kind::Interaction,
-            id,
-            &ctx.fed.id,
-            &data,
-            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
-    Ok(())
-}
-
 fn login_form(
     ctx: &Ctx,
     id: &str,
@@ -229,7 +213,7 @@ pub async fn login_page(
         tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, reused = true, "fresh aidant session reused");
         inter.aidant = Some(step);
         inter.authn = None;
-        save(&ctx, &id, &inter).await?;
+        ctx.save_interaction(&id, &inter).await?;
         return Ok(redirect(
             &ctx.fed.url(&format!("/interaction/{id}/aidant/usagers")),
         ));
@@ -292,7 +276,7 @@ pub async fn login_submit(
     inter.had_session = true;
     inter.aidant = Some(step.clone());
     inter.authn = None;
-    save(&ctx, &id, &inter).await?;
+    ctx.save_interaction(&id, &inter).await?;
     let data = SessionData {
         authn: None,
         aidant: Some(step),
@@ -507,7 +491,7 @@ pub async fn usagers_submit(
             org_id: aidant.org_id.clone(),
         }),
     });
-    save(&ctx, &id, &inter).await?;
+    ctx.save_interaction(&id, &inter).await?;
     Ok(redirect(
         &ctx.fed.url(&format!("/interaction/{id}/consent")),
     ))

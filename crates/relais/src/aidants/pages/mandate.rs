@@ -120,29 +120,73 @@ pub(super) async fn recap(
         .await?
         .ok_or_else(|| AppError::internal("organisation vanished"))?;
     let now = ctx.now();
-    let mut resp = ctx.page(
-        inter.req.lang,
-        "aidant_recap.html",
-        minijinja::context! {
-            action => ctx.fed.url(&format!("/interaction/{id}/mandat")),
-            csrf => inter.csrf,
-            usager => authn.display_name,
-            birthdate => authn.claims.get("birthdate").and_then(Value::as_str).unwrap_or(""),
-            organisation => org.name,
-            siret => org.siret,
-            domains => draft.domains,
-            starts => super::interaction::date(now),
-            ends => end_date(now, draft.duration_days),
-            consent_version => CONSENT_VERSION,
-            consent_text => CONSENT_TEXT,
-            error => error,
-            back_url => home_url(ctx),
-        },
-    )?;
-    if error {
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    let recap = Recap {
+        renew: false,
+        action: ctx.fed.url(&format!("/interaction/{id}/mandat")),
+        csrf: inter.csrf.clone(),
+        usager: authn.display_name,
+        birthdate: authn
+            .claims
+            .get("birthdate")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        org: &org,
+        domains: draft.domains,
+        days: draft.duration_days,
+    };
+    recap.render(ctx, inter.req.lang, now, error)
+}
+
+/// What the recap page of a mandate (new or renewed) shows before the
+/// aidant confirms with a TOTP code.
+pub(super) struct Recap<'a> {
+    pub renew: bool,
+    /// Where the confirmation form posts.
+    pub action: String,
+    pub csrf: String,
+    pub usager: String,
+    pub birthdate: String,
+    pub org: &'a crate::aidants::Organisation,
+    pub domains: Vec<String>,
+    /// Duration from today, in days.
+    pub days: i64,
+}
+
+impl Recap<'_> {
+    /// The page; `error`: the code was wrong (401).
+    pub(super) fn render(
+        self,
+        ctx: &Ctx,
+        lang: crate::web::Lang,
+        now: i64,
+        error: bool,
+    ) -> Result<Response, AppError> {
+        let mut resp = ctx.page(
+            lang,
+            "aidant_recap.html",
+            minijinja::context! {
+                renew => self.renew,
+                action => self.action,
+                csrf => self.csrf,
+                usager => self.usager,
+                birthdate => self.birthdate,
+                organisation => self.org.name,
+                siret => self.org.siret,
+                domains => self.domains,
+                starts => super::interaction::date(now),
+                ends => end_date(now, self.days),
+                consent_version => CONSENT_VERSION,
+                consent_text => CONSENT_TEXT,
+                error => error,
+                back_url => home_url(ctx),
+            },
+        )?;
+        if error {
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        Ok(resp)
     }
-    Ok(resp)
 }
 
 /// GET `/interaction/{id}/mandat`: the recap, after the usager's sign-in.

@@ -4,7 +4,6 @@
 
 use super::attestation::*;
 use super::interaction::{AidantStep, SignInGuard};
-use super::mandate::*;
 use super::space::*;
 use crate::aidants::rules::*;
 use crate::aidants::{journal::sha256_hex, Mandate, NewMandate, Organisation};
@@ -97,32 +96,17 @@ pub(super) async fn renewal_recap(
     lang: Lang,
     error: bool,
 ) -> Result<Response, AppError> {
-    let now = ctx.now();
-    let domains: Vec<String> = m.authorisations.iter().map(|a| a.domain.clone()).collect();
-    let mut resp = ctx.page(
-        lang,
-        "aidant_recap.html",
-        minijinja::context! {
-            renew => true,
-            action => ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id)),
-            csrf => csrf_for(sid),
-            usager => usager_name(ctx, &m.usager_id).await?,
-            birthdate => "",
-            organisation => org.name,
-            siret => org.siret,
-            domains => domains,
-            starts => super::interaction::date(now),
-            ends => end_date(now, original_duration(m)),
-            consent_version => CONSENT_VERSION,
-            consent_text => CONSENT_TEXT,
-            error => error,
-            back_url => home_url(ctx),
-        },
-    )?;
-    if error {
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
-    }
-    Ok(resp)
+    let recap = super::mandate::Recap {
+        renew: true,
+        action: ctx.fed.url(&format!("/aidant/mandats/{}/renouveler", m.id)),
+        csrf: csrf_for(sid),
+        usager: usager_name(ctx, &m.usager_id).await?,
+        birthdate: String::new(),
+        org,
+        domains: m.authorisations.iter().map(|a| a.domain.clone()).collect(),
+        days: original_duration(m),
+    };
+    recap.render(ctx, lang, ctx.now(), error)
 }
 
 /// GET `/aidant/mandats/{mid}/renouveler`: the recap of the renewal (same

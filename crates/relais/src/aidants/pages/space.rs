@@ -64,17 +64,7 @@ pub(super) fn session_or_new(ctx: &Ctx, cookies: &Cookies) -> (String, Option<St
 /// Stores a new interaction; its id.
 pub(super) async fn put_interaction(ctx: &Ctx, inter: &Interaction) -> Result<String, AppError> {
     let id = random_token(24);
-    let data = serde_json::to_string(inter).map_err(AppError::internal)?;
-    ctx.app
-        .store
-        .put(
-            Kind::Interaction,
-            &id,
-            &ctx.fed.id,
-            &data,
-            ctx.now() + ctx.fed.cfg.interaction_ttl_secs,
-        )
-        .await?;
+    ctx.put_interaction(&id, inter).await?;
     Ok(id)
 }
 
