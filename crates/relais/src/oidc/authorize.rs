@@ -475,7 +475,7 @@ async fn authorize_inner(
         state_hash: None,
         authn: if sso { existing } else { None },
         candidates: None,
-        aidant: None,
+        acting: Default::default(),
         purpose: super::interaction::Purpose::Service,
     };
     let location = if sso {

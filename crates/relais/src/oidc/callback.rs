@@ -263,7 +263,7 @@ pub async fn callback(
             &ctx,
             &SessionData {
                 authn: Some(authn),
-                aidant: None,
+                acting: Default::default(),
             },
             inter.had_session.then_some(inter.session.as_str()),
             now,

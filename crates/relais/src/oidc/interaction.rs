@@ -86,9 +86,10 @@ pub struct Interaction {
     /// Agent profile: providers matching the email's domain (short choice).
     #[serde(default)]
     pub candidates: Option<Vec<String>>,
-    /// Delegated sign-in: the aidant who signed in during this interaction.
-    #[serde(default)]
-    pub aidant: Option<crate::aidants::pages::interaction::AidantStep>,
+    /// Who acts for the person in this sign-in (the aidants' domain: the
+    /// aidant who signed in to act under a mandate). Stored as `aidant`.
+    #[serde(default, rename = "aidant")]
+    pub acting: DomainStep,
     /// What the sign-in is for: a service, or one of Relais' own pages.
     #[serde(default)]
     pub purpose: Purpose,
@@ -142,7 +143,7 @@ impl Interaction {
             state_hash: None,
             authn: None,
             candidates: None,
-            aidant: None,
+            acting: DomainStep::default(),
             purpose,
         }
     }
@@ -163,6 +164,30 @@ impl Interaction {
             }
             _ => None,
         }
+    }
+}
+
+/// A domain's own step kept with an interaction or a session, opaque to
+/// the OIDC core: the domain writes and reads it as its own type
+/// (`aidants::pages::interaction::AidantStep`). The second half of the
+/// sign-in hook beside [`Purpose`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DomainStep(Option<Value>);
+
+impl DomainStep {
+    /// A step holding `value`.
+    pub fn of(value: &impl Serialize) -> Result<DomainStep, AppError> {
+        serde_json::to_value(value)
+            .map(|v| DomainStep(Some(v)))
+            .map_err(AppError::internal)
+    }
+
+    /// The step as the domain's type (`None`: none, or not of that type).
+    pub fn get<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        self.0
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 }
 
@@ -365,5 +390,23 @@ mod tests {
         json.as_object_mut().unwrap().remove("purpose");
         let back: Interaction = serde_json::from_value(json).unwrap();
         assert_eq!(back.purpose, Purpose::Service);
+    }
+
+    #[test]
+    fn a_domain_step_is_kept_as_the_domain_wrote_it_under_its_stored_name() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Step {
+            who: String,
+        }
+        let mut inter = Interaction::new(request(), "s".into(), false, Purpose::Service);
+        assert_eq!(inter.acting.get::<Step>(), None);
+        inter.acting = DomainStep::of(&Step { who: "a1".into() }).unwrap();
+        let json = serde_json::to_value(&inter).unwrap();
+        // The stored name stays `aidant`: rows written before the rename read back.
+        assert_eq!(json["aidant"]["who"], "a1");
+        let back: Interaction = serde_json::from_value(json).unwrap();
+        assert_eq!(back.acting.get::<Step>(), Some(Step { who: "a1".into() }));
+        // Another type does not read it.
+        assert_eq!(back.acting.get::<Vec<String>>(), None);
     }
 }

@@ -138,10 +138,10 @@ impl NewSession {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SessionData {
     pub authn: Option<Authn>,
-    /// An aidant's sign-in on this browser (delegated sign-in), reusable
-    /// while fresh (see `aidant::AIDANT_FRESH_SECS`).
-    #[serde(default)]
-    pub aidant: Option<crate::aidants::pages::interaction::AidantStep>,
+    /// Who may act for others from this browser (the aidants' domain: an
+    /// aidant's sign-in, reusable while fresh). Stored as `aidant`.
+    #[serde(default, rename = "aidant")]
+    pub acting: crate::oidc::interaction::DomainStep,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

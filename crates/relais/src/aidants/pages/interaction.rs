@@ -12,6 +12,7 @@ use crate::http::cookies::Cookies;
 use crate::http::params::FormBody;
 use crate::http::params::Params;
 use crate::http::params::Segment;
+use crate::oidc::interaction::DomainStep;
 use crate::oidc::interaction::{check_csrf, load_interaction, Interaction};
 use crate::oidc::session::load_session;
 use crate::oidc::session::Authn;
@@ -207,11 +208,11 @@ pub async fn login_page(
     // A fresh aidant sign-in on this browser is reused.
     if let Some(step) = load_session(&ctx, &inter.session)
         .await?
-        .and_then(|s| s.aidant)
+        .and_then(|s| s.acting.get::<AidantStep>())
         .filter(|a| a.is_fresh(ctx.now()))
     {
         tracing::info!(event = "aidant_sign_in", federation = %ctx.fed.id, reused = true, "fresh aidant session reused");
-        inter.aidant = Some(step);
+        inter.acting = DomainStep::of(&step)?;
         inter.authn = None;
         ctx.save_interaction(&id, &inter).await?;
         return Ok(redirect(
@@ -274,12 +275,12 @@ pub async fn login_submit(
     let old = std::mem::replace(&mut inter.session, session.id.clone());
     let replaces = inter.had_session.then_some(old);
     inter.had_session = true;
-    inter.aidant = Some(step.clone());
+    inter.acting = DomainStep::of(&step)?;
     inter.authn = None;
     ctx.save_interaction(&id, &inter).await?;
     let data = SessionData {
         authn: None,
-        aidant: Some(step),
+        acting: DomainStep::of(&step)?,
     };
     let next = redirect(&ctx.fed.url(&format!("/interaction/{id}/aidant/usagers")));
     session
@@ -288,7 +289,7 @@ pub async fn login_submit(
 }
 
 fn signed_in(ctx: &Ctx, inter: &Interaction) -> Result<AidantStep, AppError> {
-    inter.aidant.clone().ok_or_else(|| {
+    inter.acting.get::<AidantStep>().ok_or_else(|| {
         ctx.refuse(
             &inter.req,
             StatusCode::BAD_REQUEST,

@@ -78,7 +78,7 @@ pub(super) async fn aidant_session(
     };
     Ok(load_session(ctx, &sid)
         .await?
-        .and_then(|s| s.aidant)
+        .and_then(|s| s.acting.get::<AidantStep>())
         .map(|a| (sid, a)))
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn store_aidant_step(
     step: &AidantStep,
 ) -> Result<(), AppError> {
     let mut data = load_session(ctx, sid).await?.unwrap_or_default();
-    data.aidant = Some(step.clone());
+    data.acting = crate::oidc::interaction::DomainStep::of(step)?;
     let fed = &ctx.fed;
     ctx.app
         .store
@@ -651,7 +651,7 @@ pub async fn login_submit(
     };
     let data = SessionData {
         authn: None,
-        aidant: Some(step),
+        acting: crate::oidc::interaction::DomainStep::of(&step)?,
     };
     NewSession::new()
         .begin(&ctx, &data, Some(&sid), now, redirect(&home_url(&ctx)))
