@@ -254,8 +254,10 @@ domains = ["interieur.gouv.fr"]
     // Choosing a provider outside the short list is refused.
     let (action, mut f) = form(&html);
     f.push(("provider".into(), "proconnect".into()));
-    let (_, status, _) = browser.post(&action, &f, &rp.redirect_uri).await.page();
-    assert_eq!(status, 400);
+    browser
+        .post(&action, &f, &rp.redirect_uri)
+        .await
+        .expect_status(400);
     let t = tokens(
         &rp,
         &Browser::new(),
@@ -417,8 +419,7 @@ async fn domain_recheck_refuses_or_logs() {
         None,
     )
     .await;
-    let (_, status, html) = step.page();
-    assert_eq!(status, 403);
+    let (_, html) = step.expect_status(403);
     assert!(html.contains("domain_not_allowed"), "{html}");
     // A provider in log mode accepts it.
     let t = tokens(
@@ -469,7 +470,7 @@ async fn mfa_requested_satisfied_or_refused() {
     assert_eq!(t.claims["acr"], "eidas1-mfa");
     // The default provider cannot do MFA: an email routed to it finds no provider.
     let auth = rp.authorize(SCOPES, &[("claims", mfa)]);
-    let (_, status, html) = agent_sign_in(
+    let (_, html) = agent_sign_in(
         &Browser::new(),
         &auth.url,
         &rp.redirect_uri,
@@ -478,8 +479,7 @@ async fn mfa_requested_satisfied_or_refused() {
         None,
     )
     .await
-    .page();
-    assert_eq!(status, 400);
+    .expect_status(400);
     assert!(html.contains("no_provider_for_domain"));
     // The provider returns a lower level: the service gets access_denied, the person a page.
     env.stack.idps[2].set_faults(Faults {
@@ -487,7 +487,7 @@ async fn mfa_requested_satisfied_or_refused() {
         ..Default::default()
     });
     let auth = rp.authorize(SCOPES, &[("claims", mfa)]);
-    let (_, status, html) = agent_sign_in(
+    let (_, html) = agent_sign_in(
         &Browser::new(),
         &auth.url,
         &rp.redirect_uri,
@@ -496,8 +496,7 @@ async fn mfa_requested_satisfied_or_refused() {
         None,
     )
     .await
-    .page();
-    assert_eq!(status, 403);
+    .expect_status(403);
     assert!(html.contains("acr_not_satisfied"), "{html}");
     assert!(html.contains("error=access_denied"));
     env.cleanup().await;

@@ -665,6 +665,35 @@ async fn demo_aidant_signs_in_with_printed_secret() {
     }
 }
 
+/// A stack with `relais demo`'s aidant data; `behind_proxy`: Relais trusts
+/// `X-Forwarded-For` (for the per-IP limits).
+async fn demo_stack(
+    db: Option<String>,
+    behind_proxy: bool,
+) -> (Env, relais_demo::aidants::DemoAidants) {
+    let mut overrides = vec![];
+    if behind_proxy {
+        overrides.push((
+            "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".to_string(),
+            "true".to_string(),
+        ));
+    }
+    let env = Env::start_with(db, String::new(), overrides, false).await;
+    let demo = relais_demo::aidants::seed(&env.stack).await.unwrap();
+    (env, demo)
+}
+
+/// The kinds of the journal's first 1000 entries.
+async fn journal_kinds(store: &Store) -> Vec<String> {
+    store
+        .journal_page(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
 /// Mandate creation through the pages: aidant sign-in (and TOTP again after
 /// 15 minutes), domains and duration, the usager's OWN sign-in (no recap
 /// without it), recap confirmed by TOTP, printable attestation; the new
@@ -673,8 +702,7 @@ async fn demo_aidant_signs_in_with_printed_secret() {
 async fn mandate_creation_requires_usager_sign_in_then_usable() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -790,13 +818,7 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         assert!(claims.unwrap().contains("Mercier"));
         // The interaction is used up.
         browser.go(&recap_url, &stop).await.expect_status(400);
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"mandate.created".to_string()));
         assert!(kinds.contains(&"aidant.totp_confirmed".to_string()));
 
@@ -867,10 +889,8 @@ async fn demo_delegated(env: &Env, rp: &Rp, browser: &Browser, choice: &str) -> 
 /// userinfo at once.
 #[tokio::test]
 async fn aidant_revocation_page_takes_effect_immediately() {
-    use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let rp = Rp::demo(&env).await;
@@ -940,13 +960,7 @@ async fn aidant_revocation_page_takes_effect_immediately() {
             .active_authorisation(&mid, "social", now)
             .await
             .unwrap());
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"authorisation.revoked".to_string()));
         assert!(kinds.contains(&"mandate.revoked".to_string()));
 
@@ -991,8 +1005,7 @@ async fn usager_page(env: &Env, browser: &Browser, login: &str) -> (String, Stri
 async fn usager_sees_and_revokes_own_mandate() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let rp = Rp::demo(&env).await;
@@ -1117,13 +1130,7 @@ async fn usager_sees_and_revokes_own_mandate() {
         ];
         browser.post(&target, &fields, &stop).await.ok();
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 401);
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"usager.consulted".to_string()));
         env.cleanup().await;
     }
@@ -1135,8 +1142,7 @@ async fn usager_sees_and_revokes_own_mandate() {
 async fn referent_dashboard_shown_only_to_referents() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let now = env.stack.state.now();
@@ -1212,8 +1218,7 @@ async fn referent_dashboard_shown_only_to_referents() {
 async fn expired_mandate_renewed_with_totp_confirmation() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
@@ -1281,13 +1286,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
             .active_authorisation(&mid, "papiers", now)
             .await
             .unwrap());
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"mandate.renewed".to_string()));
         // The renewed mandate is usable in a delegated sign-in.
         let rp = Rp::demo(&env).await;
@@ -1347,8 +1346,7 @@ async fn aidant_login_csrf_and_sign_out() {
     use relais_demo::aidants::*;
     use reqwest::cookie::CookieStore;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -1474,17 +1472,7 @@ async fn aidant_sign_ins_throttled_per_ip() {
     use relais::aidants::pages::interaction::{THROTTLE_MAX_FAILURES, THROTTLE_WINDOW_SECS};
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(
-            db,
-            String::new(),
-            vec![(
-                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
-                "true".into(),
-            )],
-            false,
-        )
-        .await;
-        seed(&env.stack).await.unwrap();
+        let (env, _) = demo_stack(db, true).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -1598,8 +1586,7 @@ async fn aidant_sign_ins_throttled_per_ip() {
 async fn organisation_switch_and_attestation_views_journalled() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -1816,17 +1803,7 @@ async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
     use relais::aidants::pages::interaction::THROTTLE_MAX_FAILURES;
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(
-            db,
-            String::new(),
-            vec![(
-                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
-                "true".into(),
-            )],
-            false,
-        )
-        .await;
-        seed(&env.stack).await.unwrap();
+        let (env, _) = demo_stack(db, true).await;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         // A success gives its reservation back (earlier failures stay):
@@ -1930,8 +1907,7 @@ async fn store_unlock(env: &Env) {
 async fn inactive_current_organisation_switches_or_explains() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -2002,8 +1978,7 @@ async fn inactive_current_organisation_switches_or_explains() {
 async fn purged_usager_mandate_not_renewable() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
@@ -2050,8 +2025,7 @@ async fn purged_usager_mandate_not_renewable() {
 async fn revoked_mandate_never_renewable() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
