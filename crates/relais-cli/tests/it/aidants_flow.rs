@@ -861,7 +861,7 @@ async fn demo_delegated(env: &Env, rp: &Rp, browser: &Browser, choice: &str) -> 
     assert_eq!(status, 200, "{html}");
     if html.contains("name=\"password\"") {
         (url, _, html) = aidant_credentials(
-            &browser,
+            browser,
             &url,
             &html,
             (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &demo_code(env)),
@@ -990,7 +990,7 @@ async fn usager_page(env: &Env, browser: &Browser, login: &str) -> (String, Stri
         .submit(&choice_url, &html, &[("provider", "impots")], &stop)
         .await
         .ok();
-    let (url, html) = provider_login(&browser, &url, &html, login, &stop)
+    let (url, html) = provider_login(browser, &url, &html, login, &stop)
         .await
         .ok();
     assert!(url.ends_with("/usager"), "{url}");
