@@ -93,3 +93,22 @@ impl Step {
 pub fn service_callback(env: &Env) -> String {
     format!("{}/callback", env.stack.urls.service)
 }
+
+/// One step of a sign-in: on the provider choice page pick `provider`,
+/// on any other page fill the demo provider's login form as `login`.
+pub async fn choose_or_login(
+    browser: &Browser,
+    url: &str,
+    html: &str,
+    (provider, login): (&str, &str),
+    stop: &str,
+) -> Step {
+    if html.contains("name=\"provider\"") {
+        browser
+            .submit(url, html, &[("provider", provider)], stop)
+            .await
+    } else {
+        let typed = [("login", login), ("password", "123"), ("action", "login")];
+        browser.submit(url, html, &typed, stop).await
+    }
+}

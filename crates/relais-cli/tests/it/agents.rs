@@ -96,26 +96,16 @@ async fn agent_sign_in(
         if status != 200 || !html.contains("<form") {
             return step;
         }
-        let (action, mut f) = form(&html);
-        if html.contains("name=\"email\"") {
-            f.push(("email".into(), email.into()));
+        let typed: &[(&str, &str)] = if html.contains("name=\"email\"") {
+            &[("email", email)]
         } else if html.contains("name=\"provider\"") {
-            f.push(("provider".into(), pick.unwrap_or("").into()));
+            &[("provider", pick.unwrap_or(""))]
         } else if html.contains("name=\"password\"") {
-            f.extend([
-                ("login".into(), login.into()),
-                ("password".into(), "123".into()),
-                ("action".into(), "login".into()),
-            ]);
+            &[("login", login), ("password", "123"), ("action", "login")]
         } else {
-            f.push(("decision".into(), "accept".into()));
-        }
-        let action = reqwest::Url::parse(&url)
-            .unwrap()
-            .join(&action)
-            .unwrap()
-            .to_string();
-        step = browser.post(&action, &f, redirect).await;
+            &[("decision", "accept")]
+        };
+        step = browser.submit(&url, &html, typed, redirect).await;
     }
     step
 }
@@ -137,6 +127,11 @@ async fn tokens(
     rp.exchange(&code, &auth)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`tokens`] on a new browser, without extra parameters or provider pick.
+async fn fresh_tokens(rp: &Rp, scopes: &[&str], email: &str, login: &str) -> Tokens {
+    tokens(rp, &Browser::new(), &[], scopes, email, login, None).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,28 +168,16 @@ async fn email_first_routing_and_agent_claims() {
         assert_eq!(info["idp_acr"], "eidas1");
         assert!(info.get("family_name").is_none());
         // Subdomain pattern, and an invalid SIRET replaced by the provider's default.
-        let t = tokens(
-            &rp,
-            &Browser::new(),
-            &[],
-            SCOPES,
-            "lea.petit@prefecture.interieur.gouv.fr",
-            "lea",
-            None,
-        )
-        .await;
+        let t = fresh_tokens(&rp, SCOPES, "lea.petit@prefecture.interieur.gouv.fr", "lea").await;
         let info: serde_json::Value = rp.userinfo(&t.access_token).await.json().await.unwrap();
         assert_eq!(info["idp_id"], "interieur");
         assert_eq!(info["siret"], "13002526500013", "default SIRET");
         // No matching domain -> the default provider.
-        let t = tokens(
+        let t = fresh_tokens(
             &rp,
-            &Browser::new(),
-            &[],
             SCOPES,
             "dominique.leroy@mairie-demoville.fr",
             "dominique",
-            None,
         )
         .await;
         let info: serde_json::Value = rp.userinfo(&t.access_token).await.json().await.unwrap();
@@ -308,16 +291,7 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
     for db in databases() {
         let env = agent_env(db, vec![]).await;
         let rp = portal(&env).await;
-        let a = tokens(
-            &rp,
-            &Browser::new(),
-            &[],
-            SCOPES,
-            "camille.martin@interieur.gouv.fr",
-            "camille",
-            None,
-        )
-        .await;
+        let a = fresh_tokens(&rp, SCOPES, "camille.martin@interieur.gouv.fr", "camille").await;
         let b = tokens(
             &rp,
             &Browser::new(),
@@ -332,14 +306,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             a.claims["sub"], b.claims["sub"],
             "same verified email at two providers: one account"
         );
-        let d = tokens(
+        let d = fresh_tokens(
             &rp,
-            &Browser::new(),
-            &[],
             SCOPES,
             "dominique.leroy@mairie-demoville.fr",
             "dominique",
-            None,
         )
         .await;
         assert_ne!(a.claims["sub"], d.claims["sub"]);
@@ -351,14 +322,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             "http://other.test/cb",
         )
         .await;
-        let o = tokens(
+        let o = fresh_tokens(
             &other,
-            &Browser::new(),
-            &[],
             &["openid", "email"],
             "camille.martin@interieur.gouv.fr",
             "camille",
-            None,
         )
         .await;
         assert_ne!(o.claims["sub"], a.claims["sub"]);
@@ -369,14 +337,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             "http://annuaire.test/cb",
         )
         .await;
-        let p1 = tokens(
+        let p1 = fresh_tokens(
             &public,
-            &Browser::new(),
-            &[],
             &["openid", "email"],
             "camille.martin@interieur.gouv.fr",
             "camille",
-            None,
         )
         .await;
         let p2 = tokens(
