@@ -80,3 +80,16 @@ pub async fn aidant_home(
     assert!(html.contains("mandate-draft"), "{html}");
     (url, html)
 }
+
+/// [`aidant_home`] as the demo aidant (`relais demo`'s credentials).
+pub async fn demo_aidant_home(env: &Env, browser: &Browser) -> (String, String) {
+    use relais_demo::aidants::{DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD};
+    aidant_home(
+        env,
+        browser,
+        DEMO_AIDANT_EMAIL,
+        DEMO_AIDANT_PASSWORD,
+        DEMO_AIDANT_TOTP,
+    )
+    .await
+}

@@ -683,6 +683,24 @@ async fn demo_stack(
     (env, demo)
 }
 
+/// The demo aidant also joins a second organisation, "Mairie de Brest".
+async fn demo_aidant_joins_brest(
+    env: &Env,
+    demo: &relais_demo::aidants::DemoAidants,
+) -> relais::aidants::Organisation {
+    let store = &env.stack.state.store;
+    let now = env.stack.state.now();
+    let brest = store
+        .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
+        .await
+        .unwrap();
+    store
+        .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
+        .await
+        .unwrap();
+    brest
+}
+
 /// The kinds of the journal's first 1000 entries.
 async fn journal_kinds(store: &Store) -> Vec<String> {
     store
@@ -1168,14 +1186,7 @@ async fn referent_dashboard_shown_only_to_referents() {
         demo_delegated(&env, &rp, &aidant_browser, &format!("{mid}:papiers")).await;
 
         // The plain aidant: no dashboard.
-        let (_, html) = aidant_home(
-            &env,
-            &Browser::new(),
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &Browser::new()).await;
         assert!(!html.contains("referent-dashboard"), "{html}");
 
         // The référent.
@@ -1216,7 +1227,6 @@ async fn referent_dashboard_shown_only_to_referents() {
 /// once; an active mandate cannot be "renewed".
 #[tokio::test]
 async fn expired_mandate_renewed_with_totp_confirmation() {
-    use relais_demo::aidants::*;
     for db in databases() {
         let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
@@ -1224,14 +1234,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let browser = Browser::new();
-        let (_, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(!html.contains(&format!("renew-{mid}")), "{html}");
         let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
         let (_, status, _) = browser.go(&renew, &stop).await.page();
@@ -1240,14 +1243,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         // The demo mandate lasts 365 days: two days after its end.
         env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
-        let (_, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains(&format!("renew-{mid}")), "{html}");
 
         let (url, html) = browser.go(&renew, &stop).await.ok();
@@ -1538,14 +1534,7 @@ async fn aidant_sign_ins_throttled_per_ip() {
 
         // Another address signs in normally, on both pages.
         let other = browser_from("10.1.1.1, 203.0.113.77");
-        aidant_home(
-            &env,
-            &other,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        demo_aidant_home(&env, &other).await;
         let colleague = browser_from("203.0.113.78");
         let (choice, _, _) = colleague.go(&auth.url, &stop).await.page();
         let (url, html) = colleague.go(&format!("{choice}/aidant"), &stop).await.ok();
@@ -1623,14 +1612,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
         let actor = format!("aidant:{}", demo.aidant_id);
 
         let browser = Browser::new();
-        let (_, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains("id=\"org-switch\""), "{html}");
         assert!(html.contains("Mairie de Brest"), "{html}");
         assert!(
@@ -1912,23 +1894,9 @@ async fn inactive_current_organisation_switches_or_explains() {
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let now = env.stack.state.now();
-        let brest = store
-            .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
-            .await
-            .unwrap();
-        store
-            .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
-            .await
-            .unwrap();
+        let brest = demo_aidant_joins_brest(&env, &demo).await;
         let browser = Browser::new();
-        let (_, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(!html.contains("<p id=\"current-org\">Mairie de Brest</p>"));
         store
             .set_organisation_active(&demo.org_id, false, &Actor::Admin, now)
@@ -1976,7 +1944,6 @@ async fn inactive_current_organisation_switches_or_explains() {
 /// (no link, 404), even within the renewal year.
 #[tokio::test]
 async fn purged_usager_mandate_not_renewable() {
-    use relais_demo::aidants::*;
     for db in databases() {
         let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
@@ -1986,14 +1953,7 @@ async fn purged_usager_mandate_not_renewable() {
         // Expired two days ago (the demo mandate lasts 365 days).
         env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
-        let (_, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains(&format!("renew-{mid}")), "renewable: {html}");
         let n = store
             .purge_usagers(1, &Actor::Admin, env.stack.state.now())
@@ -2058,14 +2018,7 @@ async fn revoked_mandate_never_renewable() {
                 env.stack.state.clock.advance(367 * 86_400);
             }
             let browser = Browser::new();
-            let (_, home) = aidant_home(
-                &env,
-                &browser,
-                DEMO_AIDANT_EMAIL,
-                DEMO_AIDANT_PASSWORD,
-                DEMO_AIDANT_TOTP,
-            )
-            .await;
+            let (_, home) = demo_aidant_home(&env, &browser).await;
             assert!(!home.contains(&format!("renew-{mid}")), "{step}: {home}");
             let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
             let (_, status, _) = browser.go(&renew, &stop).await.page();

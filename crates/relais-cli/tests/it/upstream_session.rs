@@ -50,14 +50,7 @@ async fn mandate_creation_ends_the_usagers_provider_session() {
         let browser = Browser::new();
 
         // The aidant signs in and drafts a mandate.
-        let (url, html) = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (url, html) = demo_aidant_home(&env, &browser).await;
         let (choice_url, html) = browser
             .submit(
                 &url,
