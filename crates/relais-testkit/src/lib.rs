@@ -17,6 +17,11 @@ use relais_demo::{Stack, StackOptions};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
+pub mod aidants;
+pub mod pages;
+pub use aidants::*;
+pub use pages::*;
+
 /// Databases every storage test runs on.
 pub fn databases() -> Vec<Option<String>> {
     let mut v = vec![None];

@@ -96,26 +96,16 @@ async fn agent_sign_in(
         if status != 200 || !html.contains("<form") {
             return step;
         }
-        let (action, mut f) = form(&html);
-        if html.contains("name=\"email\"") {
-            f.push(("email".into(), email.into()));
+        let typed: &[(&str, &str)] = if html.contains("name=\"email\"") {
+            &[("email", email)]
         } else if html.contains("name=\"provider\"") {
-            f.push(("provider".into(), pick.unwrap_or("").into()));
+            &[("provider", pick.unwrap_or(""))]
         } else if html.contains("name=\"password\"") {
-            f.extend([
-                ("login".into(), login.into()),
-                ("password".into(), "123".into()),
-                ("action".into(), "login".into()),
-            ]);
+            &[("login", login), ("password", "123"), ("action", "login")]
         } else {
-            f.push(("decision".into(), "accept".into()));
-        }
-        let action = reqwest::Url::parse(&url)
-            .unwrap()
-            .join(&action)
-            .unwrap()
-            .to_string();
-        step = browser.post(&action, &f, redirect).await;
+            &[("decision", "accept")]
+        };
+        step = browser.submit(&url, &html, typed, redirect).await;
     }
     step
 }
@@ -137,6 +127,11 @@ async fn tokens(
     rp.exchange(&code, &auth)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`tokens`] on a new browser, without extra parameters or provider pick.
+async fn fresh_tokens(rp: &Rp, scopes: &[&str], email: &str, login: &str) -> Tokens {
+    tokens(rp, &Browser::new(), &[], scopes, email, login, None).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,28 +168,16 @@ async fn email_first_routing_and_agent_claims() {
         assert_eq!(info["idp_acr"], "eidas1");
         assert!(info.get("family_name").is_none());
         // Subdomain pattern, and an invalid SIRET replaced by the provider's default.
-        let t = tokens(
-            &rp,
-            &Browser::new(),
-            &[],
-            SCOPES,
-            "lea.petit@prefecture.interieur.gouv.fr",
-            "lea",
-            None,
-        )
-        .await;
+        let t = fresh_tokens(&rp, SCOPES, "lea.petit@prefecture.interieur.gouv.fr", "lea").await;
         let info: serde_json::Value = rp.userinfo(&t.access_token).await.json().await.unwrap();
         assert_eq!(info["idp_id"], "interieur");
         assert_eq!(info["siret"], "13002526500013", "default SIRET");
         // No matching domain -> the default provider.
-        let t = tokens(
+        let t = fresh_tokens(
             &rp,
-            &Browser::new(),
-            &[],
             SCOPES,
             "dominique.leroy@mairie-demoville.fr",
             "dominique",
-            None,
         )
         .await;
         let info: serde_json::Value = rp.userinfo(&t.access_token).await.json().await.unwrap();
@@ -254,8 +237,10 @@ domains = ["interieur.gouv.fr"]
     // Choosing a provider outside the short list is refused.
     let (action, mut f) = form(&html);
     f.push(("provider".into(), "proconnect".into()));
-    let (_, status, _) = browser.post(&action, &f, &rp.redirect_uri).await.page();
-    assert_eq!(status, 400);
+    browser
+        .post(&action, &f, &rp.redirect_uri)
+        .await
+        .expect_status(400);
     let t = tokens(
         &rp,
         &Browser::new(),
@@ -306,16 +291,7 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
     for db in databases() {
         let env = agent_env(db, vec![]).await;
         let rp = portal(&env).await;
-        let a = tokens(
-            &rp,
-            &Browser::new(),
-            &[],
-            SCOPES,
-            "camille.martin@interieur.gouv.fr",
-            "camille",
-            None,
-        )
-        .await;
+        let a = fresh_tokens(&rp, SCOPES, "camille.martin@interieur.gouv.fr", "camille").await;
         let b = tokens(
             &rp,
             &Browser::new(),
@@ -330,14 +306,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             a.claims["sub"], b.claims["sub"],
             "same verified email at two providers: one account"
         );
-        let d = tokens(
+        let d = fresh_tokens(
             &rp,
-            &Browser::new(),
-            &[],
             SCOPES,
             "dominique.leroy@mairie-demoville.fr",
             "dominique",
-            None,
         )
         .await;
         assert_ne!(a.claims["sub"], d.claims["sub"]);
@@ -349,14 +322,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             "http://other.test/cb",
         )
         .await;
-        let o = tokens(
+        let o = fresh_tokens(
             &other,
-            &Browser::new(),
-            &[],
             &["openid", "email"],
             "camille.martin@interieur.gouv.fr",
             "camille",
-            None,
         )
         .await;
         assert_ne!(o.claims["sub"], a.claims["sub"]);
@@ -367,14 +337,11 @@ async fn accounts_linked_by_email_and_public_or_pairwise_subjects() {
             "http://annuaire.test/cb",
         )
         .await;
-        let p1 = tokens(
+        let p1 = fresh_tokens(
             &public,
-            &Browser::new(),
-            &[],
             &["openid", "email"],
             "camille.martin@interieur.gouv.fr",
             "camille",
-            None,
         )
         .await;
         let p2 = tokens(
@@ -417,8 +384,7 @@ async fn domain_recheck_refuses_or_logs() {
         None,
     )
     .await;
-    let (_, status, html) = step.page();
-    assert_eq!(status, 403);
+    let (_, html) = step.expect_status(403);
     assert!(html.contains("domain_not_allowed"), "{html}");
     // A provider in log mode accepts it.
     let t = tokens(
@@ -469,7 +435,7 @@ async fn mfa_requested_satisfied_or_refused() {
     assert_eq!(t.claims["acr"], "eidas1-mfa");
     // The default provider cannot do MFA: an email routed to it finds no provider.
     let auth = rp.authorize(SCOPES, &[("claims", mfa)]);
-    let (_, status, html) = agent_sign_in(
+    let (_, html) = agent_sign_in(
         &Browser::new(),
         &auth.url,
         &rp.redirect_uri,
@@ -478,8 +444,7 @@ async fn mfa_requested_satisfied_or_refused() {
         None,
     )
     .await
-    .page();
-    assert_eq!(status, 400);
+    .expect_status(400);
     assert!(html.contains("no_provider_for_domain"));
     // The provider returns a lower level: the service gets access_denied, the person a page.
     env.stack.idps[2].set_faults(Faults {
@@ -487,7 +452,7 @@ async fn mfa_requested_satisfied_or_refused() {
         ..Default::default()
     });
     let auth = rp.authorize(SCOPES, &[("claims", mfa)]);
-    let (_, status, html) = agent_sign_in(
+    let (_, html) = agent_sign_in(
         &Browser::new(),
         &auth.url,
         &rp.redirect_uri,
@@ -496,8 +461,7 @@ async fn mfa_requested_satisfied_or_refused() {
         None,
     )
     .await
-    .page();
-    assert_eq!(status, 403);
+    .expect_status(403);
     assert!(html.contains("acr_not_satisfied"), "{html}");
     assert!(html.contains("error=access_denied"));
     env.cleanup().await;

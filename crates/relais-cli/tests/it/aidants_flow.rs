@@ -127,65 +127,36 @@ async fn rp(env: &Env) -> Rp {
     Rp::new(env, "deleg-svc", Some("deleg-secret"), REDIRECT).await
 }
 
-/// A fresh TOTP code: the clock moves one step first, so no code is ever
-/// reused by accident within a test.
-fn fresh_code(env: &Env, secret: &str) -> String {
-    env.stack.state.clock.advance(30);
-    totp::code_at(secret, env.stack.state.now()).unwrap()
-}
-
-fn absolute(base: &str, action: &str) -> String {
-    reqwest::Url::parse(base)
-        .unwrap()
-        .join(action)
-        .unwrap()
-        .to_string()
-}
-
 /// From the authorization URL to the choice page; returns (page URL, html).
 async fn choice_page(browser: &Browser, auth_url: &str) -> (String, String) {
-    let (url, status, html) = browser.go(auth_url, REDIRECT).await.page();
-    assert_eq!(status, 200, "{html}");
+    let (url, html) = browser.page_ok(auth_url, REDIRECT).await;
     assert!(url.contains("/interaction/"), "{url}");
     (url, html)
 }
 
 /// Submit the aidant sign-in form; returns the resulting step.
 async fn aidant_login(browser: &Browser, choice_url: &str, email: &str, code: &str) -> Step {
-    let (url, status, html) = browser
-        .go(&format!("{choice_url}/aidant"), REDIRECT)
-        .await
-        .page();
-    assert_eq!(status, 200, "{html}");
+    let (url, html) = browser
+        .page_ok(&format!("{choice_url}/aidant"), REDIRECT)
+        .await;
     assert!(html.contains("name=\"totp\""), "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("email".into(), email.into()));
-    fields.push(("password".into(), PASSWORD.into()));
-    fields.push(("totp".into(), code.into()));
-    browser
-        .post(&absolute(&url, &action), &fields, REDIRECT)
-        .await
+    aidant_credentials(browser, &url, &html, (email, PASSWORD, code), REDIRECT).await
 }
 
 /// Post a (mandate, domain) choice on the usagers page.
 async fn choose(browser: &Browser, usagers_url: &str, html: &str, choice: &str) -> Step {
-    let (action, mut fields) = form(html);
-    fields.push(("choice".into(), choice.into()));
     browser
-        .post(&absolute(usagers_url, &action), &fields, REDIRECT)
+        .submit(usagers_url, html, &[("choice", choice)], REDIRECT)
         .await
 }
 
 /// Accept the information page and return where the browser was sent.
 async fn accept(browser: &Browser, step: Step) -> String {
-    let (url, status, html) = step.page();
-    assert_eq!(status, 200, "{html}");
+    let (url, html) = step.ok();
     assert!(html.contains("name=\"decision\""), "{html}");
     assert!(html.contains("id=\"delegation\""), "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("decision".into(), "accept".into()));
     browser
-        .post(&absolute(&url, &action), &fields, REDIRECT)
+        .submit(&url, &html, &[("decision", "accept")], REDIRECT)
         .await
         .arrived()
 }
@@ -198,10 +169,9 @@ async fn delegated(env: &Env, rp: &Rp, set: &Setup) -> (String, Auth) {
     let (choice_url, html) = choice_page(&browser, &auth.url).await;
     assert!(html.contains("aidant-entry"), "{html}");
     let code = fresh_code(env, &set.secret_a);
-    let (url, status, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+    let (url, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
         .await
-        .page();
-    assert_eq!(status, 200, "{html}");
+        .ok();
     assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
     let step = choose(&browser, &url, &html, &format!("{}:social", set.mandate)).await;
     (accept(&browser, step).await, auth)
@@ -321,7 +291,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
             .page();
         assert!(html.contains("no-mandate"), "{html}");
         assert!(!html.contains(&set.mandate), "{html}");
-        let (_, status, html) = browser
+        browser
             .post(
                 &url,
                 &[
@@ -331,8 +301,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
                 REDIRECT,
             )
             .await
-            .page();
-        assert_eq!(status, 403, "{html}");
+            .expect_status(403);
 
         // Expired: a one-day mandate, two days later.
         let usager = store
@@ -385,7 +354,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
             .await
             .page();
         assert!(html.contains("no-mandate"), "{html}");
-        let (_, status, _) = browser
+        browser
             .post(
                 &url,
                 &[
@@ -395,8 +364,7 @@ async fn mandate_revoked_or_expired_refused_at_token_and_selection() {
                 REDIRECT,
             )
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
         env.cleanup().await;
     }
 }
@@ -469,29 +437,23 @@ async fn delegation_refusals() {
         .await;
         let browser = Browser::new();
         let auth = other.authorize(&["openid"], &[]);
-        let (url, status, html) = browser
-            .go(&auth.url, "http://service-b.test/cb")
-            .await
-            .page();
-        assert_eq!(status, 200);
+        let (url, html) = browser.go(&auth.url, "http://service-b.test/cb").await.ok();
         assert!(!html.contains("aidant-entry"), "{html}");
         assert!(!html.contains("aidant professionnel"), "{html}");
-        let (_, status, _) = browser
+        browser
             .go(&format!("{url}/aidant"), "http://service-b.test/cb")
             .await
-            .page();
-        assert_eq!(status, 404);
+            .expect_status(404);
 
         // A service asking for more than an aidant's level gets no entry.
         let browser = Browser::new();
         let auth = rp.authorize(SCOPES, &[("acr_values", "eidas2")]);
         let (choice_url, html) = choice_page(&browser, &auth.url).await;
         assert!(!html.contains("aidant-entry"), "{html}");
-        let (_, status, _) = browser
+        browser
             .go(&format!("{choice_url}/aidant"), REDIRECT)
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
 
         // Wrong code, then a replayed code: the same generic refusal.
         let browser = Browser::new();
@@ -506,16 +468,14 @@ async fn delegation_refusals() {
             .map(|n| format!("{n:06}"))
             .find(|c| !valid.contains(c))
             .unwrap();
-        let (_, status, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &wrong)
+        let (_, html) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &wrong)
             .await
-            .page();
-        assert_eq!(status, 401);
+            .expect_status(401);
         assert!(html.contains("aidant-error"), "{html}");
         let code = fresh_code(&env, &set.secret_a);
-        let (_, status, _) = aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
+        aidant_login(&browser, &choice_url, "marie@mairie.fr", &code)
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         let browser2 = Browser::new();
         let auth2 = rp.authorize(SCOPES, &[]);
         let (choice2, _) = choice_page(&browser2, &auth2.url).await;
@@ -526,10 +486,9 @@ async fn delegation_refusals() {
         assert!(html.contains("aidant-error"), "{html}");
         // Unknown e-mail: the same page.
         let code = fresh_code(&env, &set.secret_a);
-        let (_, status, html) = aidant_login(&browser2, &choice2, "nobody@mairie.fr", &code)
+        let (_, html) = aidant_login(&browser2, &choice2, "nobody@mairie.fr", &code)
             .await
-            .page();
-        assert_eq!(status, 401);
+            .expect_status(401);
         assert!(html.contains("aidant-error"), "{html}");
 
         // A domain of the mandate the client does not accept is refused
@@ -546,23 +505,21 @@ async fn delegation_refusals() {
             !html.contains(&format!("{}:papiers", set.mandate)),
             "{html}"
         );
-        let (_, status, _) = choose(&browser, &url, &html, &format!("{}:papiers", set.mandate))
+        choose(&browser, &url, &html, &format!("{}:papiers", set.mandate))
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
 
         // An aidant of another organisation neither sees nor uses it.
         let browser = Browser::new();
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, _) = choice_page(&browser, &auth.url).await;
         let code = fresh_code(&env, &set.secret_b);
-        let (url, status, html) = aidant_login(&browser, &choice_url, "paul@brest.fr", &code)
+        let (url, html) = aidant_login(&browser, &choice_url, "paul@brest.fr", &code)
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         assert!(html.contains("no-mandate"), "{html}");
         assert!(!html.contains("DUBOIS"), "{html}");
-        let (_, status, _) = browser
+        browser
             .post(
                 &url,
                 &[
@@ -572,18 +529,16 @@ async fn delegation_refusals() {
                 REDIRECT,
             )
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
         let _ = &set.org_b;
         // Skipping the sign-in: no usager page.
         let browser = Browser::new();
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, _) = choice_page(&browser, &auth.url).await;
-        let (_, status, _) = browser
+        browser
             .go(&format!("{choice_url}/aidant/usagers"), REDIRECT)
             .await
-            .page();
-        assert_eq!(status, 400);
+            .expect_status(400);
         // No mandate use was journalled by any of this.
         let entries = env.stack.state.store.journal_page(0, 1000).await.unwrap();
         assert!(!entries.iter().any(|e| e.kind == "mandate_used"));
@@ -615,11 +570,10 @@ async fn fresh_aidant_session_is_reused_for_15_minutes() {
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, html) = choice_page(&browser, &auth.url).await;
         assert!(html.contains("aidant-entry"), "{html}");
-        let (url, status, html) = browser
+        let (url, html) = browser
             .go(&format!("{choice_url}/aidant"), REDIRECT)
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         assert!(url.ends_with("/aidant/usagers"), "{url}");
         let step = choose(&browser, &url, &html, &format!("{}:social", set.mandate)).await;
         let arrived = accept(&browser, step).await;
@@ -634,11 +588,10 @@ async fn fresh_aidant_session_is_reused_for_15_minutes() {
         env.stack.state.clock.advance(11 * 60);
         let auth = rp.authorize(SCOPES, &[]);
         let (choice_url, _) = choice_page(&browser, &auth.url).await;
-        let (_, status, html) = browser
+        let (_, html) = browser
             .go(&format!("{choice_url}/aidant"), REDIRECT)
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         assert!(html.contains("name=\"totp\""), "{html}");
         // Another browser never gets the aidant's session.
         let other = Browser::new();
@@ -679,35 +632,28 @@ async fn demo_aidant_signs_in_with_printed_secret() {
         let stop = format!("{}/callback", env.stack.urls.service);
         let browser = Browser::new();
         let auth = rp.authorize(SCOPES, &[]);
-        let (url, status, html) = browser.go(&auth.url, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.go(&auth.url, &stop).await.ok();
         assert!(html.contains("aidant-entry"), "{html}");
-        let (url, status, html) = browser.go(&format!("{url}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
-        let (action, mut fields) = form(&html);
+        let (url, html) = browser.go(&format!("{url}/aidant"), &stop).await.ok();
         env.stack.state.clock.advance(30);
         let code = totp::code_at(DEMO_AIDANT_TOTP, env.stack.state.now()).unwrap();
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push(("totp".into(), code));
-        let (url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let credentials = (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &*code);
+        let (url, html) = aidant_credentials(&browser, &url, &html, credentials, &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("choice".into(), format!("{}:papiers", first.mandate_id)));
-        let (url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (url, html) = browser
+            .submit(
+                &url,
+                &html,
+                &[("choice", &format!("{}:papiers", first.mandate_id))],
+                &stop,
+            )
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("id=\"delegation\""), "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("decision".into(), "accept".into()));
         let arrived = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+            .submit(&url, &html, &[("decision", "accept")], &stop)
             .await
             .arrived();
         let code = rp.code_from(&arrived, &auth);
@@ -719,14 +665,51 @@ async fn demo_aidant_signs_in_with_printed_secret() {
     }
 }
 
-/// A fresh code of the demo aidant (the clock moves one step first).
-fn demo_code(env: &Env) -> String {
-    env.stack.state.clock.advance(30);
-    totp::code_at(
-        relais_demo::aidants::DEMO_AIDANT_TOTP,
-        env.stack.state.now(),
-    )
-    .unwrap()
+/// A stack with `relais demo`'s aidant data; `behind_proxy`: Relais trusts
+/// `X-Forwarded-For` (for the per-IP limits).
+async fn demo_stack(
+    db: Option<String>,
+    behind_proxy: bool,
+) -> (Env, relais_demo::aidants::DemoAidants) {
+    let mut overrides = vec![];
+    if behind_proxy {
+        overrides.push((
+            "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".to_string(),
+            "true".to_string(),
+        ));
+    }
+    let env = Env::start_with(db, String::new(), overrides, false).await;
+    let demo = relais_demo::aidants::seed(&env.stack).await.unwrap();
+    (env, demo)
+}
+
+/// The demo aidant also joins a second organisation, "Mairie de Brest".
+async fn demo_aidant_joins_brest(
+    env: &Env,
+    demo: &relais_demo::aidants::DemoAidants,
+) -> relais::aidants::Organisation {
+    let store = &env.stack.state.store;
+    let now = env.stack.state.now();
+    let brest = store
+        .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
+        .await
+        .unwrap();
+    store
+        .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
+        .await
+        .unwrap();
+    brest
+}
+
+/// The kinds of the journal's first 1000 entries.
+async fn journal_kinds(store: &Store) -> Vec<String> {
+    store
+        .journal_page(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 /// Mandate creation through the pages: aidant sign-in (and TOTP again after
@@ -737,80 +720,67 @@ fn demo_code(env: &Env) -> String {
 async fn mandate_creation_requires_usager_sign_in_then_usable() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let browser = Browser::new();
 
         // Aidant sign-in.
-        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(html.contains("name=\"email\""), "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), "wrong password!".into()));
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, _) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let wrong = (DEMO_AIDANT_EMAIL, "wrong password!", &*demo_code(&env));
+        aidant_credentials(&browser, &url, &html, wrong, &stop)
             .await
-            .page();
-        assert_eq!(status, 401);
-        fields.retain(|(k, _)| k != "password" && k != "totp");
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+            .expect_status(401);
+        let right = (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &*demo_code(&env));
+        let (_, html) = aidant_credentials(&browser, &url, &html, right, &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("mandate-draft"), "{html}");
 
         // 16 minutes later: only a new TOTP code is asked.
         env.stack.state.clock.advance(16 * 60);
-        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        let (url, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(
             !html.contains("name=\"email\"") && html.contains("name=\"totp\""),
             "{html}"
         );
-        let (action, mut fields) = form(&html);
-        fields.push(("totp".into(), demo_code(&env)));
-        let (url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (url, html) = browser
+            .submit(&url, &html, &[("totp", &demo_code(&env))], &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("mandate-draft"), "{html}");
 
         // Domains and duration; then the usager's own sign-in.
-        let (action, mut fields) = form(&html);
-        fields.push(("domain_famille".into(), "on".into()));
-        fields.push(("domain_social".into(), "on".into()));
-        fields.push(("duration".into(), "30".into()));
-        let (choice_url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (choice_url, html) = browser
+            .submit(
+                &url,
+                &html,
+                &[
+                    ("domain_famille", "on"),
+                    ("domain_social", "on"),
+                    ("duration", "30"),
+                ],
+                &stop,
+            )
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("name=\"provider\""), "{html}");
         assert!(!html.contains("aidant-entry"), "{html}");
 
         // No recap, no creation without the usager's sign-in.
-        let (_, status, _) = browser
+        browser
             .go(&format!("{choice_url}/mandat"), &stop)
             .await
-            .page();
-        assert_eq!(status, 400);
+            .expect_status(400);
         let (_, mut hidden) = form(&html);
         hidden.push(("informed".into(), "yes".into()));
         hidden.push(("totp".into(), demo_code(&env)));
-        let (_, status, _) = browser
+        browser
             .post(&format!("{choice_url}/mandat"), &hidden, &stop)
             .await
-            .page();
-        assert_eq!(status, 400);
+            .expect_status(400);
         let (_, status, _) = browser
             .go(&format!("{choice_url}/consent"), &stop)
             .await
@@ -819,23 +789,14 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
 
         // Eric signs in himself at his provider.
-        let (action, mut fields) = form(&html);
-        fields.push(("provider".into(), "impots".into()));
-        let (url, status, html) = browser
-            .post(&absolute(&choice_url, &action), &fields, &stop)
+        let (url, html) = browser
+            .submit(&choice_url, &html, &[("provider", "impots")], &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("name=\"password\""), "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("login".into(), "eric".into()));
-        fields.push(("password".into(), "123".into()));
-        fields.push(("action".into(), "login".into()));
-        let (recap_url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (recap_url, html) = provider_login(&browser, &url, &html, "eric", &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(recap_url.ends_with("/mandat"), "{recap_url}");
         assert!(
             html.contains("mandate-recap") && html.contains("MERCIER"),
@@ -844,31 +805,21 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         assert!(html.contains("famille, social"), "{html}");
 
         // Confirmation: checkbox and a valid, fresh code are required.
-        let (action, hidden) = form(&html);
-        let mut fields = hidden.clone();
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, _) = browser
-            .post(&absolute(&recap_url, &action), &fields, &stop)
-            .await
-            .page();
-        assert_eq!(status, 401, "not confirmed that the usager was informed");
-        let mut fields = hidden.clone();
-        fields.push(("informed".into(), "yes".into()));
-        fields.push(("totp".into(), "000000".into()));
-        let (_, status, _) = browser
-            .post(&absolute(&recap_url, &action), &fields, &stop)
-            .await
-            .page();
-        assert_eq!(status, 401, "wrong code");
+        let recap = html;
+        let code = demo_code(&env);
+        let step = confirm_recap(&browser, &recap_url, &recap, false, &code, &stop);
+        assert_eq!(
+            step.await.status(),
+            401,
+            "not confirmed that the usager was informed"
+        );
+        let step = confirm_recap(&browser, &recap_url, &recap, true, "000000", &stop);
+        assert_eq!(step.await.status(), 401, "wrong code");
         assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
-        let mut fields = hidden.clone();
-        fields.push(("informed".into(), "yes".into()));
-        fields.push(("totp".into(), demo_code(&env)));
-        let (att_url, status, html) = browser
-            .post(&absolute(&recap_url, &action), &fields, &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+        let (att_url, html) =
+            confirm_recap(&browser, &recap_url, &recap, true, &demo_code(&env), &stop)
+                .await
+                .ok();
         assert!(att_url.ends_with("/attestation"), "{att_url}");
         let mid = att_url.rsplit('/').nth(1).unwrap().to_string();
         let m = store.mandate(&mid).await.unwrap().unwrap();
@@ -884,15 +835,8 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         let (_, claims) = store.usager(&m.usager_id).await.unwrap().unwrap();
         assert!(claims.unwrap().contains("Mercier"));
         // The interaction is used up.
-        let (_, status, _) = browser.go(&recap_url, &stop).await.page();
-        assert_eq!(status, 400);
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        browser.go(&recap_url, &stop).await.expect_status(400);
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"mandate.created".to_string()));
         assert!(kinds.contains(&"aidant.totp_confirmed".to_string()));
 
@@ -900,24 +844,17 @@ async fn mandate_creation_requires_usager_sign_in_then_usable() {
         let rp = Rp::demo(&env).await;
         let own = full_sign_in(&env, &rp, &Browser::new(), "impots", "eric", SCOPES, &[]).await;
         let auth = rp.authorize(SCOPES, &[]);
-        let (choice, status, html) = browser.go(&auth.url, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (choice, html) = browser.go(&auth.url, &stop).await.ok();
         assert!(html.contains("aidant-entry"), "{html}");
         // The aidant's sign-in on this browser is fresh: straight to the usagers.
-        let (url, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.go(&format!("{choice}/aidant"), &stop).await.ok();
         assert!(html.contains("MERCIER"), "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("choice".into(), format!("{mid}:famille")));
-        let (url, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (url, html) = browser
+            .submit(&url, &html, &[("choice", &format!("{mid}:famille"))], &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("decision".into(), "accept".into()));
+            .ok();
         let arrived = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+            .submit(&url, &html, &[("decision", "accept")], &stop)
             .await
             .arrived();
         let t = rp
@@ -937,31 +874,26 @@ async fn demo_delegated(env: &Env, rp: &Rp, browser: &Browser, choice: &str) -> 
     use relais_demo::aidants::*;
     let stop = format!("{}/callback", env.stack.urls.service);
     let auth = rp.authorize(SCOPES, &[]);
-    let (url, status, html) = browser.go(&auth.url, &stop).await.page();
-    assert_eq!(status, 200, "{html}");
+    let (url, _) = browser.go(&auth.url, &stop).await.ok();
     let (mut url, status, mut html) = browser.go(&format!("{url}/aidant"), &stop).await.page();
     assert_eq!(status, 200, "{html}");
     if html.contains("name=\"password\"") {
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push(("totp".into(), demo_code(env)));
-        (url, _, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
-            .await
-            .page();
-    }
-    let (action, mut fields) = form(&html);
-    fields.push(("choice".into(), choice.into()));
-    let (url, status, html) = browser
-        .post(&absolute(&url, &action), &fields, &stop)
+        (url, _, html) = aidant_credentials(
+            browser,
+            &url,
+            &html,
+            (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &demo_code(env)),
+            &stop,
+        )
         .await
         .page();
-    assert_eq!(status, 200, "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("decision".into(), "accept".into()));
+    }
+    let (url, html) = browser
+        .submit(&url, &html, &[("choice", choice)], &stop)
+        .await
+        .ok();
     let arrived = browser
-        .post(&absolute(&url, &action), &fields, &stop)
+        .submit(&url, &html, &[("decision", "accept")], &stop)
         .await
         .arrived();
     rp.exchange(&rp.code_from(&arrived, &auth), &auth)
@@ -975,10 +907,8 @@ async fn demo_delegated(env: &Env, rp: &Rp, browser: &Browser, choice: &str) -> 
 /// userinfo at once.
 #[tokio::test]
 async fn aidant_revocation_page_takes_effect_immediately() {
-    use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let rp = Rp::demo(&env).await;
@@ -989,8 +919,7 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         assert_eq!(rp.userinfo(&first.access_token).await.status(), 200);
 
         // The aidant's page lists the mandate with its revocation forms.
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(html.contains(&format!("mandate-{mid}")), "{html}");
         assert!(html.contains("ANGELA") || html.contains("DUBOIS"), "{html}");
         let (_, hidden) = form(&html);
@@ -1001,14 +930,12 @@ async fn aidant_revocation_page_takes_effect_immediately() {
             ("csrf".to_string(), "nope".to_string()),
             ("domain".to_string(), "papiers".to_string()),
         ];
-        let (_, status, _) = browser.post(&revoke, &bad, &stop).await.page();
-        assert_eq!(status, 403);
+        browser.post(&revoke, &bad, &stop).await.expect_status(403);
         // Not fresh: the code is asked again, nothing revoked.
         env.stack.state.clock.advance(16 * 60);
         let mut fields = hidden.clone();
         fields.push(("domain".into(), "papiers".into()));
-        let (url, status, html) = browser.post(&revoke, &fields, &stop).await.page();
-        assert_eq!(status, 200);
+        let (url, html) = browser.post(&revoke, &fields, &stop).await.ok();
         assert!(
             html.contains("name=\"totp\"") && !html.contains("name=\"email\""),
             "{html}"
@@ -1018,13 +945,10 @@ async fn aidant_revocation_page_takes_effect_immediately() {
             .active_authorisation(&mid, "papiers", now)
             .await
             .unwrap());
-        let (action, mut totp_fields) = form(&html);
-        totp_fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = browser
-            .post(&absolute(&url, &action), &totp_fields, &stop)
+        let (_, html) = browser
+            .submit(&url, &html, &[("totp", &demo_code(&env))], &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         let (_, hidden) = form(&html);
         // Tokens issued under the renewed sign-in (same browser, reused).
         let papiers = demo_delegated(&env, &rp, &browser, &format!("{mid}:papiers")).await;
@@ -1034,8 +958,7 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         // One domain.
         let mut fields = hidden.clone();
         fields.push(("domain".into(), "papiers".into()));
-        let (url, status, html) = browser.post(&revoke, &fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.post(&revoke, &fields, &stop).await.ok();
         assert!(url.ends_with("/revocation"), "{url}");
         assert!(
             html.contains("papiers") && !html.contains("<td>social</td>"),
@@ -1048,31 +971,23 @@ async fn aidant_revocation_page_takes_effect_immediately() {
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 200);
 
         // The whole mandate.
-        let (_, status, _) = browser.post(&revoke, &hidden, &stop).await.page();
-        assert_eq!(status, 200);
+        browser.post(&revoke, &hidden, &stop).await.ok();
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 401);
         let now = env.stack.state.now();
         assert!(!store
             .active_authorisation(&mid, "social", now)
             .await
             .unwrap());
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"authorisation.revoked".to_string()));
         assert!(kinds.contains(&"mandate.revoked".to_string()));
 
         // Another browser (no aidant sign-in) sees neither page nor action.
         let other = Browser::new();
-        let (_, status, html) = other
+        let (_, html) = other
             .go(&format!("{broker}/aidant/mandats/{mid}/revocation"), &stop)
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         assert!(
             html.contains("name=\"email\"") && !html.contains(&mid),
             "{html}"
@@ -1086,26 +1001,16 @@ async fn aidant_revocation_page_takes_effect_immediately() {
 async fn usager_page(env: &Env, browser: &Browser, login: &str) -> (String, String) {
     let stop = format!("{}/callback", env.stack.urls.service);
     let broker = env.broker().to_string();
-    let (choice_url, status, html) = browser.go(&format!("{broker}/usager"), &stop).await.page();
-    assert_eq!(status, 200, "{html}");
+    let (choice_url, html) = browser.go(&format!("{broker}/usager"), &stop).await.ok();
     assert!(html.contains("name=\"provider\""), "{html}");
     assert!(!html.contains("aidant-entry"), "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("provider".into(), "impots".into()));
-    let (url, status, html) = browser
-        .post(&absolute(&choice_url, &action), &fields, &stop)
+    let (url, html) = browser
+        .submit(&choice_url, &html, &[("provider", "impots")], &stop)
         .await
-        .page();
-    assert_eq!(status, 200, "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("login".into(), login.into()));
-    fields.push(("password".into(), "123".into()));
-    fields.push(("action".into(), "login".into()));
-    let (url, status, html) = browser
-        .post(&absolute(&url, &action), &fields, &stop)
+        .ok();
+    let (url, html) = provider_login(browser, &url, &html, login, &stop)
         .await
-        .page();
-    assert_eq!(status, 200, "{html}");
+        .ok();
     assert!(url.ends_with("/usager"), "{url}");
     (url, html)
 }
@@ -1118,8 +1023,7 @@ async fn usager_page(env: &Env, browser: &Browser, login: &str) -> (String, Stri
 async fn usager_sees_and_revokes_own_mandate() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let rp = Rp::demo(&env).await;
@@ -1139,8 +1043,8 @@ async fn usager_sees_and_revokes_own_mandate() {
             "{html}"
         );
         assert!(html.contains("Dernières utilisations"), "{html}");
-        let (action, hidden) = form(&html);
-        let csrf = hidden.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+        let (action, _) = form(&html);
+        let csrf = hidden_field(&html, "csrf");
         let target = absolute(&url, &action);
 
         // Wrong CSRF token: refused, nothing revoked.
@@ -1149,8 +1053,7 @@ async fn usager_sees_and_revokes_own_mandate() {
             ("mandate".to_string(), mid.clone()),
             ("domain".to_string(), "papiers".to_string()),
         ];
-        let (_, status, _) = browser.post(&target, &bad, &stop).await.page();
-        assert_eq!(status, 403);
+        browser.post(&target, &bad, &stop).await.expect_status(403);
         let now = env.stack.state.now();
         assert!(store
             .active_authorisation(&mid, "papiers", now)
@@ -1163,8 +1066,7 @@ async fn usager_sees_and_revokes_own_mandate() {
             ("mandate".to_string(), mid.clone()),
             ("domain".to_string(), "papiers".to_string()),
         ];
-        let (back, status, html) = browser.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (back, _) = browser.post(&target, &fields, &stop).await.ok();
         assert!(back.ends_with("/usager"), "{back}");
         assert_eq!(rp.userinfo(&papiers.access_token).await.status(), 401);
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 200);
@@ -1182,8 +1084,7 @@ async fn usager_sees_and_revokes_own_mandate() {
 
         // No broker session was opened for her: a service asks again.
         let auth = rp.authorize(SCOPES, &[]);
-        let (_, status, html) = browser.go(&auth.url, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.go(&auth.url, &stop).await.ok();
         assert!(html.contains("name=\"provider\""), "{html}");
 
         // Eric, without any mandate, sees nothing.
@@ -1230,11 +1131,10 @@ async fn usager_sees_and_revokes_own_mandate() {
         fields.retain(|(k, _)| k == "csrf");
         fields.push(("mandate".into(), mid.clone()));
         fields.push(("domain".into(), "social".into()));
-        let (_, status, _) = other
+        other
             .post(&absolute(&url, &action), &fields, &stop)
             .await
-            .page();
-        assert_eq!(status, 404);
+            .expect_status(404);
         let now = env.stack.state.now();
         assert!(store
             .active_authorisation(&mid, "social", now)
@@ -1246,44 +1146,12 @@ async fn usager_sees_and_revokes_own_mandate() {
             ("csrf".to_string(), csrf.clone()),
             ("mandate".to_string(), mid.clone()),
         ];
-        let (_, status, html) = browser.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        browser.post(&target, &fields, &stop).await.ok();
         assert_eq!(rp.userinfo(&social.access_token).await.status(), 401);
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"usager.consulted".to_string()));
         env.cleanup().await;
     }
-}
-
-/// Sign in at `/aidant` with e-mail, password and code; returns the page.
-async fn aidant_home(
-    env: &Env,
-    browser: &Browser,
-    email: &str,
-    password: &str,
-    secret: &str,
-) -> String {
-    let stop = format!("{}/callback", env.stack.urls.service);
-    let broker = env.broker().to_string();
-    let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-    assert_eq!(status, 200, "{html}");
-    let (action, mut fields) = form(&html);
-    fields.push(("email".into(), email.into()));
-    fields.push(("password".into(), password.into()));
-    fields.push(("totp".into(), fresh_code(env, secret)));
-    let (_, status, html) = browser
-        .post(&absolute(&url, &action), &fields, &stop)
-        .await
-        .page();
-    assert_eq!(status, 200, "{html}");
-    assert!(html.contains("mandate-draft"), "{html}");
-    html
 }
 
 /// Flow 6: a référent of the organisation sees its aidants, the mandates
@@ -1292,8 +1160,7 @@ async fn aidant_home(
 async fn referent_dashboard_shown_only_to_referents() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let now = env.stack.state.now();
@@ -1319,19 +1186,12 @@ async fn referent_dashboard_shown_only_to_referents() {
         demo_delegated(&env, &rp, &aidant_browser, &format!("{mid}:papiers")).await;
 
         // The plain aidant: no dashboard.
-        let html = aidant_home(
-            &env,
-            &Browser::new(),
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &Browser::new()).await;
         assert!(!html.contains("referent-dashboard"), "{html}");
 
         // The référent.
         let referent_browser = Browser::new();
-        let html = aidant_home(
+        let (_, html) = aidant_home(
             &env,
             &referent_browser,
             "referente@demo.test",
@@ -1351,11 +1211,10 @@ async fn referent_dashboard_shown_only_to_referents() {
         let soon = env.stack.state.now() + 10 * 86_400;
         expire_soon(store, &mid, soon).await;
         let stop = format!("{}/callback", env.stack.urls.service);
-        let (_, status, html) = referent_browser
+        let (_, html) = referent_browser
             .go(&format!("{}/aidant", env.broker()), &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains(&format!("expiring-{mid}-papiers")), "{html}");
         assert!(html.contains(&format!("use-{mid}")), "{html}");
         env.cleanup().await;
@@ -1368,23 +1227,14 @@ async fn referent_dashboard_shown_only_to_referents() {
 /// once; an active mandate cannot be "renewed".
 #[tokio::test]
 async fn expired_mandate_renewed_with_totp_confirmation() {
-    use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let browser = Browser::new();
-        let html = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(!html.contains(&format!("renew-{mid}")), "{html}");
         let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
         let (_, status, _) = browser.go(&renew, &stop).await.page();
@@ -1393,38 +1243,23 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
         // The demo mandate lasts 365 days: two days after its end.
         env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
-        let html = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains(&format!("renew-{mid}")), "{html}");
 
-        let (url, status, html) = browser.go(&renew, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.go(&renew, &stop).await.ok();
         assert!(html.contains("mandate-recap"), "{html}");
-        let (action, hidden) = form(&html);
-        let target = absolute(&url, &action);
         // Not confirmed; then a wrong code: nothing created.
-        let mut fields = hidden.clone();
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, _) = browser.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 401);
-        let mut fields = hidden.clone();
-        fields.push(("informed".into(), "yes".into()));
-        fields.push(("totp".into(), "000000".into()));
-        let (_, status, _) = browser.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 401);
+        confirm_recap(&browser, &url, &html, false, &demo_code(&env), &stop)
+            .await
+            .expect_status(401);
+        confirm_recap(&browser, &url, &html, true, "000000", &stop)
+            .await
+            .expect_status(401);
         assert_eq!(store.list_mandates(&demo.org_id).await.unwrap().len(), 1);
 
-        let mut fields = hidden.clone();
-        fields.push(("informed".into(), "yes".into()));
-        fields.push(("totp".into(), demo_code(&env)));
-        let (att_url, status, html) = browser.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (att_url, _) = confirm_recap(&browser, &url, &html, true, &demo_code(&env), &stop)
+            .await
+            .ok();
         assert!(att_url.ends_with("/attestation"), "{att_url}");
         let new_id = att_url.rsplit('/').nth(1).unwrap().to_string();
         assert_ne!(new_id, mid);
@@ -1447,13 +1282,7 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
             .active_authorisation(&mid, "papiers", now)
             .await
             .unwrap());
-        let kinds: Vec<String> = store
-            .journal_page(0, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds = journal_kinds(store).await;
         assert!(kinds.contains(&"mandate.renewed".to_string()));
         // The renewed mandate is usable in a delegated sign-in.
         let rp = Rp::demo(&env).await;
@@ -1471,24 +1300,12 @@ async fn expired_mandate_renewed_with_totp_confirmation() {
             )
             .await
             .unwrap();
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(!html.contains(&format!("renew-{mid}")), "{html}");
         let (_, status, _) = browser.go(&renew, &stop).await.page();
         assert_eq!(status, 404, "the revocation of the renewal stands");
         env.cleanup().await;
     }
-}
-
-/// A browser whose cookie jar the test can read.
-fn browser_with_jar() -> (Browser, std::sync::Arc<reqwest::cookie::Jar>) {
-    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    let http = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    (Browser { http }, jar)
 }
 
 /// A browser behind the (trusted) proxy, which adds `X-Forwarded-For`.
@@ -1525,16 +1342,14 @@ async fn aidant_login_csrf_and_sign_out() {
     use relais_demo::aidants::*;
     use reqwest::cookie::CookieStore;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let login_url = format!("{broker}/aidant/login");
-        let (browser, jar) = browser_with_jar();
+        let (browser, jar) = Browser::with_jar();
 
-        let (url, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         let (action, hidden) = form(&html);
         assert_eq!(absolute(&url, &action), login_url);
         let csrf = hidden
@@ -1558,8 +1373,10 @@ async fn aidant_login_csrf_and_sign_out() {
             if i % 2 == 1 {
                 fields.push(("csrf".into(), "forged".into()));
             }
-            let (_, status, html) = browser.post(&login_url, &fields, &stop).await.page();
-            assert_eq!(status, 403, "{html}");
+            let (_, html) = browser
+                .post(&login_url, &fields, &stop)
+                .await
+                .expect_status(403);
             assert!(html.contains("<code>csrf</code>"), "{html}");
         }
         let mut fields = credentials(DEMO_AIDANT_PASSWORD, demo_code(&env));
@@ -1575,13 +1392,11 @@ async fn aidant_login_csrf_and_sign_out() {
             .unwrap();
         assert_eq!(a.failed_attempts, 0);
         assert!(a.locked_until <= env.stack.state.now());
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(html.contains("name=\"email\""), "not signed in: {html}");
         let mut fields = credentials(DEMO_AIDANT_PASSWORD, demo_code(&env));
         fields.push(("csrf".into(), csrf.clone()));
-        let (_, status, html) = browser.post(&login_url, &fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.post(&login_url, &fields, &stop).await.ok();
         assert!(html.contains("mandate-draft"), "{html}");
         assert!(html.contains("aidant-logout"), "{html}");
 
@@ -1592,11 +1407,8 @@ async fn aidant_login_csrf_and_sign_out() {
         assert_eq!(rp.userinfo(&tokens.access_token).await.status(), 200);
 
         // Sign-out: wrong token refused (still signed in), then done.
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
-        let start = html.find("id=\"aidant-logout\"").unwrap();
-        let start = html[..start].rfind("<form").unwrap();
-        let (logout_action, logout_fields) = form(&html[start..]);
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
+        let (logout_action, logout_fields) = form(form_with(&html, "id=\"aidant-logout\""));
         let logout = absolute(&broker, &logout_action);
         assert_eq!(logout, format!("{broker}/aidant/logout"));
         let old_cookie = jar
@@ -1606,13 +1418,10 @@ async fn aidant_login_csrf_and_sign_out() {
             .unwrap()
             .to_string();
         let bad = vec![("csrf".to_string(), "forged".to_string())];
-        let (_, status, _) = browser.post(&logout, &bad, &stop).await.page();
-        assert_eq!(status, 403);
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        browser.post(&logout, &bad, &stop).await.expect_status(403);
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(html.contains("mandate-draft"), "still signed in: {html}");
-        let (url, status, html) = browser.post(&logout, &logout_fields, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = browser.post(&logout, &logout_fields, &stop).await.ok();
         assert!(url.ends_with("/aidant"), "{url}");
         assert!(
             html.contains("name=\"email\"") && html.contains("name=\"password\""),
@@ -1643,8 +1452,7 @@ async fn aidant_login_csrf_and_sign_out() {
         // The delegated flow asks for the password again too.
         let auth = rp.authorize(SCOPES, &[]);
         let (choice, _, _) = browser.go(&auth.url, &stop).await.page();
-        let (_, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        let (_, html) = browser.go(&format!("{choice}/aidant"), &stop).await.ok();
         assert!(html.contains("name=\"password\""), "{html}");
         env.cleanup().await;
     }
@@ -1660,24 +1468,13 @@ async fn aidant_sign_ins_throttled_per_ip() {
     use relais::aidants::pages::interaction::{THROTTLE_MAX_FAILURES, THROTTLE_WINDOW_SECS};
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(
-            db,
-            String::new(),
-            vec![(
-                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
-                "true".into(),
-            )],
-            false,
-        )
-        .await;
-        seed(&env.stack).await.unwrap();
+        let (env, _) = demo_stack(db, true).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let attacker = browser_from("10.1.1.1, 203.0.113.66");
 
-        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.ok();
         let (action, hidden) = form(&html);
         let target = absolute(&url, &action);
         for i in 0..THROTTLE_MAX_FAILURES {
@@ -1695,8 +1492,10 @@ async fn aidant_sign_ins_throttled_per_ip() {
         fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
         fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
         fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = attacker.post(&target, &fields, &stop).await.page();
-        assert_eq!(status, 429, "{html}");
+        let (_, html) = attacker
+            .post(&target, &fields, &stop)
+            .await
+            .expect_status(429);
         assert!(
             html.contains("Trop de tentatives") && !html.contains("aidant-error"),
             "{html}"
@@ -1721,61 +1520,47 @@ async fn aidant_sign_ins_throttled_per_ip() {
         // The delegated sign-in page shares the limit.
         let rp = Rp::demo(&env).await;
         let auth = rp.authorize(SCOPES, &[]);
-        let (choice, status, html) = attacker.go(&auth.url, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
-        let (url, status, html) = attacker.go(&format!("{choice}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
-        let (action, mut deleg) = form(&html);
-        deleg.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        deleg.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        deleg.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = attacker
-            .post(&absolute(&url, &action), &deleg, &stop)
-            .await
-            .page();
-        assert_eq!(status, 429, "{html}");
+        let (choice, _) = attacker.go(&auth.url, &stop).await.ok();
+        let (url, html) = attacker.go(&format!("{choice}/aidant"), &stop).await.ok();
+        aidant_credentials(
+            &attacker,
+            &url,
+            &html,
+            (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &demo_code(&env)),
+            &stop,
+        )
+        .await
+        .expect_status(429);
 
         // Another address signs in normally, on both pages.
         let other = browser_from("10.1.1.1, 203.0.113.77");
-        aidant_home(
-            &env,
-            &other,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        demo_aidant_home(&env, &other).await;
         let colleague = browser_from("203.0.113.78");
         let (choice, _, _) = colleague.go(&auth.url, &stop).await.page();
-        let (url, status, html) = colleague
-            .go(&format!("{choice}/aidant"), &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
-        let (action, mut deleg) = form(&html);
-        deleg.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        deleg.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        deleg.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = colleague
-            .post(&absolute(&url, &action), &deleg, &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = colleague.go(&format!("{choice}/aidant"), &stop).await.ok();
+        let (_, html) = aidant_credentials(
+            &colleague,
+            &url,
+            &html,
+            (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &demo_code(&env)),
+            &stop,
+        )
+        .await
+        .ok();
         assert!(html.contains("Angela Claire Louise DUBOIS"), "{html}");
 
         // Once the window has passed, the address may try again.
         env.stack.state.clock.advance(THROTTLE_WINDOW_SECS);
-        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
-        let (action, mut fields) = form(&html);
-        fields.push(("email".into(), DEMO_AIDANT_EMAIL.into()));
-        fields.push(("password".into(), DEMO_AIDANT_PASSWORD.into()));
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = attacker
-            .post(&absolute(&url, &action), &fields, &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.ok();
+        let (_, html) = aidant_credentials(
+            &attacker,
+            &url,
+            &html,
+            (DEMO_AIDANT_EMAIL, DEMO_AIDANT_PASSWORD, &demo_code(&env)),
+            &stop,
+        )
+        .await
+        .ok();
         assert!(html.contains("mandate-draft"), "{html}");
         env.cleanup().await;
     }
@@ -1790,8 +1575,7 @@ async fn aidant_sign_ins_throttled_per_ip() {
 async fn organisation_switch_and_attestation_views_journalled() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
@@ -1828,14 +1612,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
         let actor = format!("aidant:{}", demo.aidant_id);
 
         let browser = Browser::new();
-        let html = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains("id=\"org-switch\""), "{html}");
         assert!(html.contains("Mairie de Brest"), "{html}");
         assert!(
@@ -1860,23 +1637,20 @@ async fn organisation_switch_and_attestation_views_journalled() {
         let forged = vec![("csrf".to_string(), "forged".to_string())];
 
         // Refused: wrong CSRF token, an organisation the aidant is not in.
-        let (_, status, _) = browser
+        browser
             .post(&switch, &with(&forged, &brest.id), &stop)
             .await
-            .page();
-        assert_eq!(status, 403);
-        let (_, status, _) = browser
+            .expect_status(403);
+        browser
             .post(&switch, &with(&hidden, &rennes.id), &stop)
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
         // A stale sign-in: the code is asked again, nothing switched.
         env.stack.state.clock.advance(16 * 60);
-        let (url, status, html) = browser
+        let (url, html) = browser
             .post(&switch, &with(&hidden, &brest.id), &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(
             html.contains("name=\"totp\"") && !html.contains("name=\"email\""),
             "{html}"
@@ -1893,22 +1667,18 @@ async fn organisation_switch_and_attestation_views_journalled() {
             ),
             demo.org_id
         );
-        let (action, mut fields) = form(&html);
-        fields.push(("totp".into(), demo_code(&env)));
-        let (_, status, html) = browser
-            .post(&absolute(&url, &action), &fields, &stop)
+        let (_, html) = browser
+            .submit(&url, &html, &[("totp", &demo_code(&env))], &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         // (The renewed sign-in is a new session: a new token.)
         let (_, hidden) = form(&html);
 
         // Switched.
-        let (url, status, html) = browser
+        let (url, html) = browser
             .post(&switch, &with(&hidden, &brest.id), &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(url.ends_with("/aidant"), "{url}");
         assert!(
             html.contains("<p id=\"current-org\">Mairie de Brest</p>"),
@@ -1938,8 +1708,7 @@ async fn organisation_switch_and_attestation_views_journalled() {
         let rp = Rp::demo(&env).await;
         let auth = rp.authorize(SCOPES, &[]);
         let (choice, _, _) = browser.go(&auth.url, &stop).await.page();
-        let (_, status, html) = browser.go(&format!("{choice}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.go(&format!("{choice}/aidant"), &stop).await.ok();
         assert!(html.contains("Mairie de Brest"), "{html}");
         assert!(html.contains(&format!("{brest_mandate}:famille")), "{html}");
         assert!(!html.contains(&demo.mandate_id), "{html}");
@@ -1952,14 +1721,13 @@ async fn organisation_switch_and_attestation_views_journalled() {
         assert!(journal_of(store, "mandate.attestation_viewed")
             .await
             .is_empty());
-        let (_, status, html) = browser
+        let (_, html) = browser
             .go(
                 &format!("{broker}/aidant/mandats/{brest_mandate}/attestation"),
                 &stop,
             )
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(html.contains("aidant-logout"), "{html}");
         let (_, status, _) = browser
             .go(
@@ -1969,14 +1737,13 @@ async fn organisation_switch_and_attestation_views_journalled() {
             .await
             .page();
         assert_eq!(status, 404, "another organisation's mandate");
-        let (_, status, html) = Browser::new()
+        let (_, html) = Browser::new()
             .go(
                 &format!("{broker}/aidant/mandats/{brest_mandate}/attestation"),
                 &stop,
             )
             .await
-            .page();
-        assert_eq!(status, 200);
+            .ok();
         assert!(html.contains("name=\"password\""), "not signed in: {html}");
         let viewed = journal_of(store, "mandate.attestation_viewed").await;
         assert_eq!(viewed.len(), 1, "{viewed:?}");
@@ -1989,15 +1756,14 @@ async fn organisation_switch_and_attestation_views_journalled() {
         // Revocation through the page, which shows the revocation attestation.
         let (_, _, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
         let (_, hidden) = form(&html);
-        let (url, status, html) = browser
+        let (url, _) = browser
             .post(
                 &format!("{broker}/aidant/mandats/{brest_mandate}/revoquer"),
                 &hidden,
                 &stop,
             )
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         assert!(url.ends_with("/revocation"), "{url}");
         let viewed = journal_of(store, "mandate.attestation_viewed").await;
         assert_eq!(viewed.len(), 2, "{viewed:?}");
@@ -2019,28 +1785,14 @@ async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
     use relais::aidants::pages::interaction::THROTTLE_MAX_FAILURES;
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(
-            db,
-            String::new(),
-            vec![(
-                "RELAIS__SERVER__TRUST_FORWARDED_HEADERS".into(),
-                "true".into(),
-            )],
-            false,
-        )
-        .await;
-        seed(&env.stack).await.unwrap();
+        let (env, _) = demo_stack(db, true).await;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         // A success gives its reservation back (earlier failures stay):
         // limit - 1 failures, a success, then one more failure is still
         // allowed (401), the next is refused (429).
         let colleague = browser_from("203.0.113.90");
-        let (url, status, html) = colleague
-            .go(&format!("{broker}/aidant"), &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = colleague.go(&format!("{broker}/aidant"), &stop).await.ok();
         let (action, hidden) = form(&html);
         let login = absolute(&url, &action);
         let attempt = |password: &str, code: String| {
@@ -2061,8 +1813,7 @@ async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
         }
         let right = attempt(DEMO_AIDANT_PASSWORD, demo_code(&env));
         store_unlock(&env).await;
-        let (_, status, html) = colleague.post(&login, &right, &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = colleague.post(&login, &right, &stop).await.ok();
         assert!(html.contains("mandate-draft"), "{html}");
         // (A new session: the page's new CSRF token.)
         let (_, fresh_hidden) = form(&html);
@@ -2075,12 +1826,13 @@ async fn parallel_sign_ins_cannot_bypass_per_ip_throttle() {
         wrong.push(("totp".into(), "123456".into()));
         let (_, status, _) = colleague.post(&login, &wrong, &stop).await.page();
         assert_eq!(status, 401, "the success did not use up the allowance");
-        let (_, status, _) = colleague.post(&login, &wrong, &stop).await.page();
-        assert_eq!(status, 429);
+        colleague
+            .post(&login, &wrong, &stop)
+            .await
+            .expect_status(429);
 
         let attacker = browser_from("203.0.113.66");
-        let (url, status, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (url, html) = attacker.go(&format!("{broker}/aidant"), &stop).await.ok();
         let (action, hidden) = form(&html);
         let target = absolute(&url, &action);
         let tries = 2 * THROTTLE_MAX_FAILURES;
@@ -2137,36 +1889,20 @@ async fn store_unlock(env: &Env) {
 async fn inactive_current_organisation_switches_or_explains() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
         let broker = env.broker().to_string();
         let now = env.stack.state.now();
-        let brest = store
-            .create_organisation("Mairie de Brest", SIRET_B, &[], &Actor::Admin, now)
-            .await
-            .unwrap();
-        store
-            .add_aidant_to_org(&demo.aidant_id, &brest.id, Role::Aidant, &Actor::Admin, now)
-            .await
-            .unwrap();
+        let brest = demo_aidant_joins_brest(&env, &demo).await;
         let browser = Browser::new();
-        let html = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(!html.contains("<p id=\"current-org\">Mairie de Brest</p>"));
         store
             .set_organisation_active(&demo.org_id, false, &Actor::Admin, now)
             .await
             .unwrap();
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(
             html.contains("<p id=\"current-org\">Mairie de Brest</p>"),
             "{html}"
@@ -2181,8 +1917,7 @@ async fn inactive_current_organisation_switches_or_explains() {
             .unwrap();
         assert_eq!(a.current_org.as_deref(), Some(brest.id.as_str()));
         // Shown again: no second switch.
-        let (_, status, _) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200);
+        browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert_eq!(journal_of(store, "aidant.org_switched").await.len(), 1);
 
         // No active organisation left: a clear page with the sign-out.
@@ -2190,18 +1925,14 @@ async fn inactive_current_organisation_switches_or_explains() {
             .set_organisation_active(&brest.id, false, &Actor::Admin, now)
             .await
             .unwrap();
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 403, "{html}");
+        let (_, html) = browser
+            .go(&format!("{broker}/aidant"), &stop)
+            .await
+            .expect_status(403);
         assert!(html.contains("id=\"no-active-org\""), "{html}");
         assert!(!html.contains("mandate-draft"), "{html}");
-        let start = html.find("id=\"aidant-logout\"").unwrap();
-        let start = html[..start].rfind("<form").unwrap();
-        let (action, fields) = form(&html[start..]);
-        let (url, status, html) = browser
-            .post(&absolute(&broker, &action), &fields, &stop)
-            .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+        let logout = form_with(&html, "id=\"aidant-logout\"");
+        let (url, html) = browser.submit(&broker, logout, &[], &stop).await.ok();
         assert!(url.ends_with("/aidant"), "{url}");
         assert!(html.contains("name=\"password\""), "signed out: {html}");
         assert_eq!(journal_of(store, "aidant.org_switched").await.len(), 1);
@@ -2213,10 +1944,8 @@ async fn inactive_current_organisation_switches_or_explains() {
 /// (no link, 404), even within the renewal year.
 #[tokio::test]
 async fn purged_usager_mandate_not_renewable() {
-    use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
@@ -2224,14 +1953,7 @@ async fn purged_usager_mandate_not_renewable() {
         // Expired two days ago (the demo mandate lasts 365 days).
         env.stack.state.clock.advance(367 * 86_400);
         let browser = Browser::new();
-        let html = aidant_home(
-            &env,
-            &browser,
-            DEMO_AIDANT_EMAIL,
-            DEMO_AIDANT_PASSWORD,
-            DEMO_AIDANT_TOTP,
-        )
-        .await;
+        let (_, html) = demo_aidant_home(&env, &browser).await;
         assert!(html.contains(&format!("renew-{mid}")), "renewable: {html}");
         let n = store
             .purge_usagers(1, &Actor::Admin, env.stack.state.now())
@@ -2243,15 +1965,13 @@ async fn purged_usager_mandate_not_renewable() {
             .await
             .unwrap()
             .is_some());
-        let (_, status, html) = browser.go(&format!("{broker}/aidant"), &stop).await.page();
-        assert_eq!(status, 200, "{html}");
+        let (_, html) = browser.go(&format!("{broker}/aidant"), &stop).await.ok();
         assert!(html.contains(&format!("mandate-{mid}")), "{html}");
         assert!(!html.contains(&format!("renew-{mid}")), "{html}");
-        let (_, status, _) = browser
+        browser
             .go(&format!("{broker}/aidant/mandats/{mid}/renouveler"), &stop)
             .await
-            .page();
-        assert_eq!(status, 404);
+            .expect_status(404);
         env.cleanup().await;
     }
 }
@@ -2265,8 +1985,7 @@ async fn purged_usager_mandate_not_renewable() {
 async fn revoked_mandate_never_renewable() {
     use relais_demo::aidants::*;
     for db in databases() {
-        let env = Env::start_with(db, String::new(), vec![], false).await;
-        let demo = seed(&env.stack).await.unwrap();
+        let (env, demo) = demo_stack(db, false).await;
         let mid = demo.mandate_id.clone();
         let store = &env.stack.state.store;
         let stop = format!("{}/callback", env.stack.urls.service);
@@ -2283,11 +2002,10 @@ async fn revoked_mandate_never_renewable() {
             ("mandate".to_string(), mid.clone()),
             ("domain".to_string(), "papiers".to_string()),
         ];
-        let (_, status, html) = usager
+        usager
             .post(&absolute(&url, &action), &fields, &stop)
             .await
-            .page();
-        assert_eq!(status, 200, "{html}");
+            .ok();
         for step in ["usager", "admin", "expired"] {
             if step == "admin" {
                 store
@@ -2300,22 +2018,14 @@ async fn revoked_mandate_never_renewable() {
                 env.stack.state.clock.advance(367 * 86_400);
             }
             let browser = Browser::new();
-            let home = aidant_home(
-                &env,
-                &browser,
-                DEMO_AIDANT_EMAIL,
-                DEMO_AIDANT_PASSWORD,
-                DEMO_AIDANT_TOTP,
-            )
-            .await;
+            let (_, home) = demo_aidant_home(&env, &browser).await;
             assert!(!home.contains(&format!("renew-{mid}")), "{step}: {home}");
             let renew = format!("{broker}/aidant/mandats/{mid}/renouveler");
             let (_, status, _) = browser.go(&renew, &stop).await.page();
             assert_eq!(status, 404, "{step}: renewal page refused");
             // The POST re-checks (a recap page opened earlier, or a forged
             // form): a valid CSRF token and TOTP code change nothing.
-            let (_, hidden) = form(&home);
-            let csrf = hidden.iter().find(|(k, _)| k == "csrf").unwrap().1.clone();
+            let csrf = hidden_field(&home, "csrf");
             let fields = vec![
                 ("csrf".to_string(), csrf),
                 ("informed".to_string(), "yes".to_string()),

@@ -22,21 +22,11 @@ fn query(url: &str) -> HashMap<String, String> {
 /// (Relais' callback, not followed).
 async fn upstream_login(env: &Env, browser: &Browser, auth_url: &str, login: &str) -> String {
     let back = format!("{}/callback", env.broker());
-    let (url, status, html) = browser.go(auth_url, &back).await.page();
-    assert_eq!(status, 200, "{html}");
+    let (url, html) = browser.go(auth_url, &back).await.ok();
     assert!(html.contains("name=\"password\""), "{html}");
-    let (action, mut fields) = form(&html);
-    fields.extend([
-        ("login".into(), login.into()),
-        ("password".into(), "123".into()),
-        ("action".into(), "login".into()),
-    ]);
-    let action = reqwest::Url::parse(&url)
-        .unwrap()
-        .join(&action)
-        .unwrap()
-        .to_string();
-    browser.post(&action, &fields, &back).await.arrived()
+    provider_login(browser, &url, &html, login, &back)
+        .await
+        .arrived()
 }
 
 /// Provider A (impots) is chosen; provider H's (ameli) code, obtained by
@@ -85,24 +75,30 @@ async fn code_delivered_on_another_providers_callback_is_refused() {
                 ("iss", idp2.as_str()),
             ],
         );
-        let (_, status, html) = browser.go(&forged, &rp.redirect_uri).await.page();
-        assert_eq!(status, 400, "{html}");
+        let (_, html) = browser
+            .go(&forged, &rp.redirect_uri)
+            .await
+            .expect_status(400);
         assert!(html.contains("upstream_mixup"), "{html}");
         // Also without iss (a provider that does not send it).
         let forged = relais::error::with_query(
             &format!("{broker}/callback/ameli"),
             &[("code", code_h.as_str()), ("state", state_a.as_str())],
         );
-        let (_, status, html) = browser.go(&forged, &rp.redirect_uri).await.page();
-        assert_eq!(status, 400, "{html}");
+        let (_, html) = browser
+            .go(&forged, &rp.redirect_uri)
+            .await
+            .expect_status(400);
         assert!(html.contains("upstream_mixup"), "{html}");
         // The former shared redirect URI is refused with a page saying so.
         let legacy = relais::error::with_query(
             &format!("{broker}/callback"),
             &[("code", code_h.as_str()), ("state", state_a.as_str())],
         );
-        let (_, status, html) = browser.go(&legacy, &rp.redirect_uri).await.page();
-        assert_eq!(status, 400, "{html}");
+        let (_, html) = browser
+            .go(&legacy, &rp.redirect_uri)
+            .await
+            .expect_status(400);
         assert!(html.contains("callback_moved"), "{html}");
 
         // Nothing was redeemed: at H the code fails only on PKCE (a used

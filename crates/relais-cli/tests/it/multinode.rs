@@ -268,18 +268,7 @@ async fn finish(
             html.contains("name=\"password\""),
             "expected the provider's login form at {url}:\n{html}"
         );
-        let (action, mut fields) = form(&html);
-        fields.extend([
-            ("login".into(), login.into()),
-            ("password".into(), "123".into()),
-            ("action".into(), "login".into()),
-        ]);
-        let action = reqwest::Url::parse(&url)
-            .unwrap()
-            .join(&action)
-            .unwrap()
-            .to_string();
-        step = b.post(&action, &fields, &back).await;
+        step = provider_login(b, &url, &html, login, &back).await;
     };
     let cb = hop(b.http.get(c.on(plan.callback, &callback))).await;
     let consent = cb.redirect("upstream callback");

@@ -342,18 +342,9 @@ async fn failing_sign_in(env: &Env, login: &str) -> (u16, String, String) {
     if !html.contains("name=\"password\"") {
         return (status, html, auth.state);
     }
-    let (action, mut f) = form(&html);
-    f.extend([
-        ("login".into(), login.into()),
-        ("password".into(), "123".into()),
-        ("action".into(), "login".into()),
-    ]);
-    let action = reqwest::Url::parse(&url)
-        .unwrap()
-        .join(&action)
-        .unwrap()
-        .to_string();
-    let (_, status, html) = browser.post(&action, &f, &rp.redirect_uri).await.page();
+    let (_, status, html) = provider_login(&browser, &url, &html, login, &rp.redirect_uri)
+        .await
+        .page();
     (status, html, auth.state)
 }
 
@@ -524,24 +515,22 @@ async fn csrf_token_is_required_on_forms() {
             ("csrf".into(), "forged".into()),
         ],
     ] {
-        let (_, status, html) = browser
+        let (_, html) = browser
             .post(&action, &fields, &rp.redirect_uri)
             .await
-            .page();
-        assert_eq!(status, 403);
+            .expect_status(403);
         assert!(html.contains("csrf"));
     }
     // Another browser cannot use this interaction either.
     let (_, csrf) = form(&html);
-    let (_, status, _) = Browser::new()
+    Browser::new()
         .post(
             &action,
             &[csrf, vec![("provider".into(), "impots".into())]].concat(),
             &rp.redirect_uri,
         )
         .await
-        .page();
-    assert_eq!(status, 400);
+        .expect_status(400);
     env.cleanup().await;
 }
 
@@ -636,22 +625,14 @@ async fn consent_post_consumes_only_for_its_browser() {
             if html.contains("name=\"decision\"") {
                 break (url, html);
             }
-            let (action, mut fields) = form(&html);
-            if html.contains("name=\"provider\"") {
-                fields.push(("provider".into(), "impots".into()));
-            } else {
-                fields.extend([
-                    ("login".into(), "angela".into()),
-                    ("password".into(), "123".into()),
-                    ("action".into(), "login".into()),
-                ]);
-            }
-            let action = reqwest::Url::parse(&url)
-                .unwrap()
-                .join(&action)
-                .unwrap()
-                .to_string();
-            step = browser.post(&action, &fields, &rp.redirect_uri).await;
+            step = choose_or_login(
+                &browser,
+                &url,
+                &html,
+                ("impots", "angela"),
+                &rp.redirect_uri,
+            )
+            .await;
         };
         let (action, fields) = form(&html);
         let action = reqwest::Url::parse(&consent_url)
@@ -664,17 +645,15 @@ async fn consent_post_consumes_only_for_its_browser() {
         if html.contains("name=\"consent\"") {
             // A private service: without the tick, back to the page.
             let step = browser.post(&action, &accept, &rp.redirect_uri).await;
-            let (_, status, again) = step.page();
-            assert_eq!(status, 200);
+            let (_, again) = step.ok();
             assert!(again.contains("name=\"decision\""));
             accept.push(("consent".into(), "yes".into()));
         }
         // Another browser, with the right CSRF token: refused, nothing taken.
-        let (_, status, _) = Browser::new()
+        Browser::new()
             .post(&action, &accept, &rp.redirect_uri)
             .await
-            .page();
-        assert_eq!(status, 400);
+            .expect_status(400);
         // This browser with a forged token: 403, nothing taken.
         let forged: Vec<(String, String)> = accept
             .iter()
