@@ -309,6 +309,16 @@ impl Ctx {
         }
     }
 
+    /// The "sign-in expired or unknown" page (400), with an optional link.
+    pub fn expired(&self, lang: Lang, back: Option<String>) -> AppError {
+        self.page_error(
+            lang,
+            StatusCode::BAD_REQUEST,
+            PageCode::InteractionExpired,
+            back,
+        )
+    }
+
     pub fn page(
         &self,
         lang: Lang,

@@ -50,14 +50,7 @@ pub async fn callback(
     let params = Params::parse(&q.unwrap_or_default()).unwrap_or_default();
     let fed = &ctx.fed;
     let state = params.get("state").unwrap_or("");
-    let expired = || {
-        ctx.page_error(
-            lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            None,
-        )
-    };
+    let expired = || ctx.expired(lang, None);
     let (interaction_id, secret) = state.split_once('.').ok_or_else(expired)?;
     let (inter, inter_raw) = load_interaction_raw(&ctx, interaction_id, &cookies, &headers).await?;
     // The state's secret part must match, and the upstream step must be pending.
@@ -220,12 +213,7 @@ pub async fn callback(
         )
         .await?
     {
-        return Err(ctx.page_error(
-            lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            None,
-        ));
+        return Err(ctx.expired(lang, None));
     }
     // A completed sign-in at this provider replaced any session a usager
     // had left there on this browser.

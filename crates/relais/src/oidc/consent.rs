@@ -109,14 +109,7 @@ pub async fn consent_submit(
     // browser's cookie removes nothing. The binding is checked again below;
     // a request that may not use the interaction puts it back untouched.
     let lang = lang_from(&headers, None);
-    let expired = || {
-        ctx.page_error(
-            lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            None,
-        )
-    };
+    let expired = || ctx.expired(lang, None);
     let Some(sid) = cookies.session_id(&ctx.fed) else {
         return Err(expired());
     };

@@ -220,18 +220,7 @@ impl Ctx {
         id: &str,
         inter: &Interaction,
     ) -> Result<(), AppError> {
-        let data = serde_json::to_string(inter).map_err(AppError::internal)?;
-        self.app
-            .store
-            .put(
-                Kind::Interaction,
-                id,
-                &self.fed.id,
-                &data,
-                self.now() + self.fed.cfg.interaction_ttl_secs,
-            )
-            .await?;
-        Ok(())
+        self.write_interaction(id, inter, true).await
     }
 
     /// Write back an interaction that moved on, extending its lifetime.
@@ -240,17 +229,27 @@ impl Ctx {
         id: &str,
         inter: &Interaction,
     ) -> Result<(), AppError> {
+        self.write_interaction(id, inter, false).await
+    }
+
+    async fn write_interaction(
+        &self,
+        id: &str,
+        inter: &Interaction,
+        new: bool,
+    ) -> Result<(), AppError> {
         let data = serde_json::to_string(inter).map_err(AppError::internal)?;
-        self.app
-            .store
-            .update(
-                Kind::Interaction,
-                id,
-                &self.fed.id,
-                &data,
-                self.now() + self.fed.cfg.interaction_ttl_secs,
-            )
-            .await?;
+        let (store, fed) = (&self.app.store, &self.fed.id);
+        let expires = self.now() + self.fed.cfg.interaction_ttl_secs;
+        if new {
+            store
+                .put(Kind::Interaction, id, fed, &data, expires)
+                .await?;
+        } else {
+            store
+                .update(Kind::Interaction, id, fed, &data, expires)
+                .await?;
+        }
         Ok(())
     }
 
@@ -302,7 +301,7 @@ impl Ctx {
     pub(crate) fn client_of(&self, req: &AuthRequest) -> Result<&Client, AppError> {
         self.client(&req.client_id).ok_or_else(|| {
             tracing::info!(federation = %self.fed.id, "interaction without a service at a service step");
-            self.page_error(req.lang, StatusCode::BAD_REQUEST, PageCode::InteractionExpired, None)
+            self.expired(req.lang, None)
         })
     }
 }
@@ -327,14 +326,7 @@ pub(crate) async fn load_interaction_raw(
     headers: &HeaderMap,
 ) -> Result<(Interaction, String), AppError> {
     let lang = lang_from(headers, None);
-    let expired = || {
-        ctx.page_error(
-            lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            None,
-        )
-    };
+    let expired = || ctx.expired(lang, None);
     let raw = ctx
         .app
         .store

@@ -354,13 +354,6 @@ pub async fn upstream_logout_callback(
         )
         .await?
         .and_then(|r| serde_json::from_str(&r).ok())
-        .ok_or_else(|| {
-            ctx.page_error(
-                lang,
-                StatusCode::BAD_REQUEST,
-                PageCode::InteractionExpired,
-                None,
-            )
-        })?;
+        .ok_or_else(|| ctx.expired(lang, None))?;
     return_to_service(&ctx, flow)
 }

@@ -87,14 +87,7 @@ pub(super) fn draft_and_usager(
     ctx: &Ctx,
     inter: &Interaction,
 ) -> Result<(MandateDraft, crate::oidc::session::Authn), AppError> {
-    let expired = || {
-        ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            Some(home_url(ctx)),
-        )
-    };
+    let expired = || ctx.expired(inter.req.lang, Some(home_url(ctx)));
     let draft = inter
         .own_data::<MandateDraft>(MANDATE_PAGE)
         .ok_or_else(expired)?;
@@ -237,12 +230,7 @@ pub async fn recap_submit(
         .await?
         .is_none()
     {
-        return Err(ctx.page_error(
-            lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            None,
-        ));
+        return Err(ctx.expired(lang, None));
     }
     let identity = PivotIdentity::from_claims(&authn.claims).map_err(AppError::internal)?;
     let salt = Salt::load_or_create(&ctx.app.journal_salt_path).map_err(AppError::internal)?;

@@ -21,9 +21,8 @@ use crate::http::params::Segment;
 use crate::oidc::interaction::Purpose;
 use crate::oidc::interaction::{check_csrf, load_interaction, AuthRequest, Interaction};
 use crate::subject::citizen::PivotIdentity;
-use crate::web::i18n::PageCode;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
@@ -68,14 +67,7 @@ async fn signed_in(
     headers: &HeaderMap,
 ) -> Result<(Interaction, Option<String>), AppError> {
     let inter = load_interaction(ctx, id, cookies, headers).await?;
-    let expired = || {
-        ctx.page_error(
-            inter.req.lang,
-            StatusCode::BAD_REQUEST,
-            PageCode::InteractionExpired,
-            Some(ctx.fed.url("/usager")),
-        )
-    };
+    let expired = || ctx.expired(inter.req.lang, Some(ctx.fed.url("/usager")));
     if inter.own_page() != Some(USAGER_PAGE) {
         return Err(expired());
     }
