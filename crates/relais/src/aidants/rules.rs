@@ -136,6 +136,33 @@ pub fn original_duration(m: &Mandate) -> i64 {
         .unwrap_or(1)
 }
 
+/// What one sign-in check decides, from what was verified (pure; the
+/// reads, the argon2 run and the atomic failure count are the store's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDecision {
+    /// Accepted: this TOTP step is consumed.
+    Accept(i64),
+    /// Refused and counted towards the account lock.
+    RefuseCounted,
+    /// Refused without counting: the right password (if one was asked) and
+    /// a genuine code whose step was just consumed — a double submission
+    /// or a replay, not a guess.
+    RefuseNotCounted,
+}
+
+/// The decision after the checks: `password_ok` (true when no password
+/// was asked), `step` the TOTP step the code matched (a step after the
+/// last one used), `already_used` whether the code is genuine but its step
+/// was consumed already. A lock is decided before (an account locked is
+/// refused without checks).
+pub fn login_decision(password_ok: bool, step: Option<i64>, already_used: bool) -> LoginDecision {
+    match (password_ok, step) {
+        (true, Some(step)) => LoginDecision::Accept(step),
+        (true, None) if already_used => LoginDecision::RefuseNotCounted,
+        _ => LoginDecision::RefuseCounted,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +234,31 @@ mod tests {
             Err(NotRenewable::TooOld)
         );
         assert_eq!(renewal_rule(&mandate(&[]), day), Err(NotRenewable::TooOld));
+    }
+
+    #[test]
+    fn login_decisions() {
+        assert_eq!(
+            login_decision(true, Some(7), false),
+            LoginDecision::Accept(7)
+        );
+        // A replayed or double-submitted genuine code is not a guess.
+        assert_eq!(
+            login_decision(true, None, true),
+            LoginDecision::RefuseNotCounted
+        );
+        // A wrong code, or any code with a wrong password, counts.
+        assert_eq!(
+            login_decision(true, None, false),
+            LoginDecision::RefuseCounted
+        );
+        assert_eq!(
+            login_decision(false, Some(7), false),
+            LoginDecision::RefuseCounted
+        );
+        assert_eq!(
+            login_decision(false, None, true),
+            LoginDecision::RefuseCounted
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::aidants::journal::{sha256_hex, Event};
+use crate::aidants::rules::{login_decision, LoginDecision};
 use crate::aidants::secret::Opened;
 use crate::aidants::{
     totp, Actor, Aidant, AidantCreated, AidantLogin, Enrolment, LoginError, MandateError,
@@ -219,16 +220,15 @@ impl Store {
             .map_err(StoreError::from)?;
         let opened = open_secret(key, &id, &secret)?;
         let step = totp::verify(opened.secret(), code, now, last_step);
-        let (true, Some(step)) = (password_ok, step) else {
-            if password_ok && totp::already_used(opened.secret(), code, now, last_step) {
-                // The right password and a genuine code whose step was just
-                // consumed: a parallel sign-in with the same code won (a
-                // double submission), or a replay. Refused, but not counted
-                // towards the account lock.
+        let used = step.is_none() && totp::already_used(opened.secret(), code, now, last_step);
+        let step = match login_decision(password_ok, step, used) {
+            LoginDecision::Accept(step) => step,
+            LoginDecision::RefuseNotCounted => {
+                // A parallel sign-in with the same code won, or a replay.
                 tracing::info!(aidant = %id, "aidant sign-in refused: code already used");
                 return Err(LoginError::Refused);
             }
-            return self.refuse(&id, now).await;
+            LoginDecision::RefuseCounted => return self.refuse(&id, now).await,
         };
         let mut tx = self
             .consume_totp_step(&id, step, &secret, &opened, key, now)
@@ -269,12 +269,15 @@ impl Store {
             return Err(LoginError::Refused);
         }
         let opened = open_secret(key, aidant_id, &secret)?;
-        let Some(step) = totp::verify(opened.secret(), code, now, last_step) else {
-            if totp::already_used(opened.secret(), code, now, last_step) {
+        let step = totp::verify(opened.secret(), code, now, last_step);
+        let used = step.is_none() && totp::already_used(opened.secret(), code, now, last_step);
+        let step = match login_decision(true, step, used) {
+            LoginDecision::Accept(step) => step,
+            LoginDecision::RefuseNotCounted => {
                 tracing::info!(aidant = %aidant_id, "TOTP confirmation refused: code already used");
                 return Err(LoginError::Refused);
             }
-            return self.refuse(aidant_id, now).await;
+            LoginDecision::RefuseCounted => return self.refuse(aidant_id, now).await,
         };
         let mut tx = self
             .consume_totp_step(aidant_id, step, &secret, &opened, key, now)
