@@ -48,6 +48,9 @@ pub struct Federation {
     /// The discovery document, serialised once per key set (it lists the
     /// active signing algorithms, which a rotation may change).
     pub discovery: std::sync::Mutex<Option<(Arc<crate::crypto::KeySet>, Arc<str>)>>,
+    /// Other ways to sign in that domains add under the providers of the
+    /// choice page (citizen federations: the aidants' entry).
+    pub other_ways: Vec<crate::oidc::choose::OtherWays>,
 }
 
 impl Federation {
@@ -252,6 +255,12 @@ pub async fn build(config: &Config, store: Store) -> Result<AppState, String> {
             base,
             pairwise_secret: f.pairwise_secret.as_bytes().to_vec(),
             discovery: Default::default(),
+            other_ways: match f.profile {
+                crate::config::Profile::Citizen => {
+                    vec![crate::aidants::pages::interaction::choice_entry]
+                }
+                crate::config::Profile::Agent => vec![],
+            },
             cfg: f.clone(),
         }));
     }

@@ -40,6 +40,22 @@ pub async fn email_submit(
     Ok(redirect(&url))
 }
 
+/// Another way to sign in, offered under the providers on the choice page
+/// by another domain (the aidants' "I am a professional helper").
+#[derive(Debug, Serialize)]
+pub struct OtherWay {
+    /// The link's element id and class (page tests and style sheet).
+    pub id: &'static str,
+    pub class: &'static str,
+    /// Its text (French, then English in parentheses).
+    pub label: &'static str,
+    pub url: String,
+}
+
+/// A domain's entry on the choice page for this sign-in (`min_rank`: the
+/// minimum acr rank asked), or `None` when it does not apply.
+pub type OtherWays = fn(&Ctx, &Interaction, &str, Option<usize>) -> Option<OtherWay>;
+
 #[derive(Serialize)]
 pub(crate) struct ProviderView {
     id: String,
@@ -89,14 +105,11 @@ pub async fn choose_page(
             disabled: fed.provider_max_rank(p) < min_rank,
         })
         .collect();
-    // Delegated sign-in: only for services that accept it.
-    // Delegated sign-in: only for services that accept it, and when an
-    // aidant's authentication is enough for the level asked.
-    let aidant_url = ctx
-        .client(&inter.req.client_id)
-        .filter(|c| !c.cfg.delegation_domains.is_empty())
-        .filter(|_| fed.acr_rank(crate::aidants::pages::interaction::AIDANT_ACR) >= min_rank)
-        .map(|_| fed.url(&format!("/interaction/{id}/aidant")));
+    let other_ways: Vec<OtherWay> = fed
+        .other_ways
+        .iter()
+        .filter_map(|way| way(&ctx, &inter, &id, min_rank))
+        .collect();
     ctx.page(
         inter.req.lang,
         "choose.html",
@@ -106,7 +119,7 @@ pub async fn choose_page(
             providers => providers,
             client_name => client_name,
             back_url => fed.url(&format!("/interaction/{id}/abort")),
-            aidant_url => aidant_url,
+            other_ways => other_ways,
         },
     )
 }

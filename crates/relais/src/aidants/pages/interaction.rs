@@ -145,6 +145,26 @@ impl AidantStep {
     }
 }
 
+/// The choice page's entry for aidants (`crate::oidc::choose::OtherWays`):
+/// only for services that accept delegation, and when an aidant's
+/// authentication is enough for the level asked.
+pub fn choice_entry(
+    ctx: &Ctx,
+    inter: &Interaction,
+    id: &str,
+    min_rank: Option<usize>,
+) -> Option<crate::oidc::choose::OtherWay> {
+    ctx.client(&inter.req.client_id)
+        .filter(|c| !c.cfg.delegation_domains.is_empty())
+        .filter(|_| ctx.fed.acr_rank(AIDANT_ACR) >= min_rank)
+        .map(|_| crate::oidc::choose::OtherWay {
+            id: "aidant-entry",
+            class: "aidant",
+            label: "Je suis un aidant professionnel (I am a professional helper)",
+            url: ctx.fed.url(&format!("/interaction/{id}/aidant")),
+        })
+}
+
 /// The interaction's client, if it accepts delegation (citizen profile).
 fn delegating_client<'a>(ctx: &'a Ctx, inter: &Interaction) -> Result<&'a Client, AppError> {
     ctx.client(&inter.req.client_id)
