@@ -36,7 +36,9 @@ use relais::crypto::Alg;
 use relais::http::params::Params;
 use relais::oidc::claims::ClaimsRequest;
 use relais::subject::agent::identity::{AgentIdentity, SiretPolicy};
-use relais::subject::citizen::{registry_lookup_key, registry_outcome, PivotIdentity};
+use relais::subject::citizen::PivotIdentity;
+use relais::subject::registry::registry_lookup_key;
+use relais::subject::registry::registry_outcome;
 use relais::web::Lang;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -422,6 +424,6 @@ pub fn basic_auth(data: &[u8]) -> Outcome {
 /// The identity registry CSV file (`relais registry import`): the RFC 4180
 /// reader, the header, and each row's pivot identity validation.
 pub fn registry_csv(data: &[u8]) -> Outcome {
-    relais::subject::citizen::parse_registry_csv(text(data)?)
+    relais::subject::registry::parse_registry_csv(text(data)?)
         .map(|r| format!("{} records", r.len()))
 }

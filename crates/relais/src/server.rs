@@ -130,14 +130,14 @@ fn tls_config(
 
 /// Load registry people from CSV text into the database; returns how many.
 pub async fn import_registry(config: &Config, csv: &str) -> Result<usize, String> {
-    let records = crate::subject::citizen::parse_registry_csv(csv)?;
+    let records = crate::subject::registry::parse_registry_csv(csv)?;
     let store = open_store(config).await?;
     let rows: Vec<(String, String, String)> = records
         .iter()
         .map(|r| {
             (
                 r.identity.identity_key(),
-                crate::subject::citizen::registry_lookup_key(&r.identity),
+                crate::subject::registry::registry_lookup_key(&r.identity),
                 crate::oidc::callback::record_json(r),
             )
         })

@@ -13,9 +13,11 @@ use crate::http::params::Params;
 use crate::oidc::session::Authn;
 use crate::oidc::session::SessionData;
 use crate::store::Kind;
-use crate::subject::citizen::{
-    registry_lookup_key, registry_outcome, PivotIdentity, RegistryOutcome, RegistryRecord,
-};
+use crate::subject::citizen::PivotIdentity;
+use crate::subject::registry::registry_lookup_key;
+use crate::subject::registry::registry_outcome;
+use crate::subject::registry::RegistryOutcome;
+use crate::subject::registry::RegistryRecord;
 use crate::web::i18n::PageCode;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -313,9 +315,9 @@ pub fn stored_record(raw: &str) -> Option<RegistryRecord> {
     Some(RegistryRecord {
         identity,
         status: if deceased {
-            crate::subject::citizen::RegistryStatus::Deceased
+            crate::subject::registry::RegistryStatus::Deceased
         } else {
-            crate::subject::citizen::RegistryStatus::Alive
+            crate::subject::registry::RegistryStatus::Alive
         },
     })
 }
@@ -323,7 +325,7 @@ pub fn stored_record(raw: &str) -> Option<RegistryRecord> {
 pub fn record_json(r: &RegistryRecord) -> String {
     json!({
         "identity": r.identity,
-        "deceased": r.status == crate::subject::citizen::RegistryStatus::Deceased,
+        "deceased": r.status == crate::subject::registry::RegistryStatus::Deceased,
     })
     .to_string()
 }
