@@ -465,19 +465,15 @@ async fn authorize_inner(
         ));
     }
     let id = random_token(24);
-    let mut inter = Interaction {
+    let mut inter = Interaction::new(
         req,
-        session: session_id,
+        session_id,
         had_session,
-        csrf: random_token(24),
-        provider: None,
-        pending: None,
-        state_hash: None,
-        authn: if sso { existing } else { None },
-        candidates: None,
-        acting: Default::default(),
-        purpose: super::interaction::Purpose::Service,
-    };
+        super::interaction::Purpose::Service,
+    );
+    if sso {
+        inter.authn = existing;
+    }
     let location = if sso {
         fed.url(&format!("/interaction/{id}/consent"))
     } else if let Some(hint) = inter.req.idp_hint.clone() {

@@ -159,9 +159,7 @@ impl Interaction {
     /// The domain's data of a sign-in for the own page `page`.
     pub fn own_data<T: serde::de::DeserializeOwned>(&self, page: &str) -> Option<T> {
         match &self.purpose {
-            Purpose::OwnPage { page: p, data } if p == page => {
-                serde_json::from_value(data.clone()).ok()
-            }
+            Purpose::OwnPage { page: p, data } if p == page => T::deserialize(data).ok(),
             _ => None,
         }
     }
@@ -185,9 +183,7 @@ impl DomainStep {
 
     /// The step as the domain's type (`None`: none, or not of that type).
     pub fn get<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        self.0
-            .as_ref()
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        self.0.as_ref().and_then(|v| T::deserialize(v).ok())
     }
 }
 
